@@ -1,0 +1,576 @@
+"""The X-Token projection matrix W (SPEC §2).
+
+W is V_s x V_t (student rows, teacher columns), every row a probability distribution over teacher
+tokens, so `softmax(z_s) @ W` carries a student distribution into the teacher's vocabulary.
+
+How a row is made, in order:
+  1. exact    the student token's bytes are a teacher token's bytes: weight 1 on it.
+  2. re-tokenize  otherwise the teacher tokenizes those bytes (no special tokens, no dummy prefix);
+              the first `max_pieces` pieces get base*decay**i (0.9, 0.09, 0.009, 0.0009), repeated
+              pieces add up in one column, the `top_k` largest stay, the row is normalised.
+              More pieces than `max_pieces`: kind `truncated`. Bytes the teacher cannot express:
+              the teacher's unk (or eos if it has none), kind `unmapped`.
+  3. special  special tokens map by role (bos->bos, eos->eos, pad->pad, unk->unk) with weight 1;
+              the rest, and roles the teacher lacks, map to the teacher's eos (kind `special`,
+              `role_matched` False).
+  4. padding  ids past the tokenizer (model logits padded past the vocabulary) and id holes map to
+              the teacher's eos; padding columns stay empty.
+
+The build is batched: exact matches are one hash join over canonical bytes, only the remaining
+tokens are re-tokenized (one `encode_batch` per chunk), and the CSR is assembled with NumPy.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from itertools import repeat
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import XtokError
+from .tok import Tok, load_tokenizer
+
+FORMAT_VERSION = 1
+KINDS = ("exact", "retokenized", "truncated", "special", "unmapped", "padding")
+EXACT, RETOKENIZED, TRUNCATED, SPECIAL, UNMAPPED, PADDING = range(len(KINDS))
+ROLE_ORDER = ("bos", "eos", "pad", "unk")
+_CHUNK = 8192  # re-tokenization batch: large enough for encode_batch, small enough for progress
+
+
+def _xtok_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _short(h: str) -> str:
+    return h[:12] + "…"
+
+
+@dataclass
+class _Pieces:
+    """Flattened teacher pieces of many student rows: piece j belongs to rows[j], position pos[j]."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    pos: np.ndarray
+    counts: np.ndarray  # per row in `row_ids`: pieces before truncation
+    row_ids: np.ndarray
+
+
+def _flatten(row_ids: np.ndarray, id_lists: list) -> _Pieces:
+    counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+    cols = np.fromiter((i for ids in id_lists for i in ids), dtype=np.int64, count=int(counts.sum()))
+    rows = np.repeat(row_ids, counts)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    pos = np.arange(len(cols), dtype=np.int64) - starts
+    return _Pieces(rows, cols, pos, counts, row_ids)
+
+
+def _encode_bytes(teacher: Tok, byte_rows: list, byte_token: np.ndarray, unk: int, progress, p0: float, p1: float):
+    """Teacher ids for each student byte string, and which rows the teacher cannot express.
+
+    Valid UTF-8 goes through one `encode_batch` per chunk. The few byte strings that are not valid
+    UTF-8 (byte-level tokens holding part of a character) are split into valid runs, encoded the
+    same way, and invalid bytes, which become the teacher's single-byte tokens.
+    """
+    n = len(byte_rows)
+    texts, bad = [], []
+    for j, b in enumerate(byte_rows):
+        try:
+            texts.append(b.decode("utf-8"))
+        except UnicodeDecodeError:
+            texts.append("")
+            bad.append(j)
+    out: list = [None] * n
+    for a in range(0, n, _CHUNK):
+        chunk = texts[a:a + _CHUNK]
+        out[a:a + _CHUNK] = teacher.encode_ids_batch(chunk, dummy_prefix=False)
+        if progress:
+            progress(p0 + (p1 - p0) * min(a + _CHUNK, n) / max(n, 1), f"re-tokenizing {n:,} student tokens with the teacher")
+    unmapped = np.zeros(n, dtype=bool)
+    for j in bad:
+        ids, b = [], byte_rows[j]
+        while b:
+            try:
+                ids += teacher.encode_ids_batch([b.decode("utf-8")], dummy_prefix=False)[0]
+                break
+            except UnicodeDecodeError as e:
+                if e.start:
+                    ids += teacher.encode_ids_batch([b[:e.start].decode("utf-8")], dummy_prefix=False)[0]
+                for x in b[e.start:e.end]:
+                    ids.append(int(byte_token[x]) if byte_token[x] >= 0 else unk)
+                    unmapped[j] |= byte_token[x] < 0
+                b = b[e.end:]
+        out[j] = ids
+    if "unk" in teacher.roles:
+        u = teacher.roles["unk"]
+        unmapped |= np.fromiter((u in ids for ids in out), dtype=bool, count=n)
+    return out, unmapped
+
+
+def _weigh(p: _Pieces, max_pieces: int, base: float, decay: float):
+    """Keep the first max_pieces pieces of each row, weight them base*decay**i (float64)."""
+    keep = p.pos < max_pieces
+    return p.rows[keep], p.cols[keep], base * decay ** p.pos[keep].astype(np.float64)
+
+
+def _assemble(rows, cols, vals, n_rows: int, n_cols: int, top_k: int) -> sp.csr_array:
+    """Sum duplicates, keep each row's top_k (ties to the lower column), normalise, build CSR."""
+    key = rows.astype(np.int64) * n_cols + cols
+    uniq, inv = np.unique(key, return_inverse=True)
+    vals = np.bincount(inv, weights=vals, minlength=len(uniq))
+    rows, cols = uniq // n_cols, uniq % n_cols
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    first = np.searchsorted(rows, rows, side="left")
+    keep = (np.arange(len(rows)) - first) < top_k
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    vals = vals / np.bincount(rows, weights=vals, minlength=n_rows)[rows]
+    order = np.lexsort((cols, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=n_rows)))).astype(np.int64)
+    return sp.csr_array((vals.astype(np.float32), cols.astype(np.int32), indptr), shape=(n_rows, n_cols))
+
+
+def _fallback_id(teacher: Tok) -> int:
+    for role in ("eos", "pad", "unk", "bos"):
+        if role in teacher.roles:
+            return teacher.roles[role]
+    raise XtokError(f"teacher {teacher.name} has no eos, pad, unk or bos token to map special and padding rows to; "
+                    f"add eos_token to its tokenizer_config.json")
+
+
+def _check_size(tok: Tok, size, side: str) -> int:
+    if size is None:
+        return tok.vocab_size
+    size = int(size)
+    if size < tok.vocab_size:
+        raise XtokError(f"{side}_vocab_size={size:,} is smaller than the {side} tokenizer {tok.name} ({tok.vocab_size:,} ids); "
+                        f"pass the model's logits width (config.vocab_size), which is at least the tokenizer's")
+    return size
+
+
+def build_projection(student, teacher, *, max_pieces: int = 4, top_k: int = 4, base: float = 0.9, decay: float = 0.1,
+                     progress=None, student_vocab_size: int | None = None, teacher_vocab_size: int | None = None,
+                     reverse_pass: bool = False) -> "Projection":
+    """Build W for `student` (rows) and `teacher` (columns). See the module docstring for the rule.
+
+    progress: optional callable(fraction in [0, 1], message).
+    student_vocab_size / teacher_vocab_size: the models' logits widths when padded past the tokenizer.
+    reverse_pass: also re-tokenize every teacher token with the student and add those weights
+        (NeMo-RL's bidirectional build; off by default, the paper's rule is one-way).
+    """
+    s, t = load_tokenizer(student), load_tokenizer(teacher)
+    if max_pieces < 1 or top_k < 1 or not (0 < base) or not (0 < decay <= 1):
+        raise XtokError(f"max_pieces={max_pieces}, top_k={top_k}, base={base}, decay={decay} are invalid; use max_pieces>=1, top_k>=1, base>0, 0<decay<=1")
+    V_s, V_t = _check_size(s, student_vocab_size, "student"), _check_size(t, teacher_vocab_size, "teacher")
+    say = progress or (lambda f, m: None)
+    say(0.0, f"indexing {t.name}'s {t.vocab_size:,} teacher tokens")
+
+    # Teacher bytes -> id. Later entries win in dict(zip()), so feed byte-fallback twins first and
+    # ids high to low: the regular piece with the lowest id is what stays.
+    tb = t.token_bytes
+    has = np.fromiter((b is not None for b in tb), dtype=bool, count=t.vocab_size) & ~t.special
+    regular = np.flatnonzero(has & ~t.byte_fallback_ids)[::-1]
+    fallback = np.flatnonzero(has & t.byte_fallback_ids)[::-1]
+    feed = np.concatenate([fallback, regular]).tolist()
+    lookup = dict(zip([tb[i] for i in feed], feed))
+    byte_token = np.array([lookup.get(bytes([x]), -1) for x in range(256)], dtype=np.int64)
+    eos = _fallback_id(t)
+    unk = t.roles.get("unk", eos)
+
+    say(0.1, "exact matches")
+    sb = s.token_bytes
+    text_rows = np.flatnonzero(np.fromiter((b is not None for b in sb), dtype=bool, count=s.vocab_size) & ~s.special)
+    text_bytes = [sb[i] for i in text_rows]
+    exact_col = np.fromiter(map(lookup.get, text_bytes, repeat(-1)), dtype=np.int64, count=len(text_rows))
+    is_exact = exact_col >= 0
+
+    kinds = np.full(V_s, PADDING, dtype=np.uint8)
+    n_pieces = np.zeros(V_s, dtype=np.int16)
+    role_matched = np.zeros(V_s, dtype=bool)
+    rows_l, cols_l, vals_l = [], [], []
+
+    ex_rows = text_rows[is_exact]
+    kinds[ex_rows], n_pieces[ex_rows] = EXACT, 1
+    rows_l.append(ex_rows); cols_l.append(exact_col[is_exact]); vals_l.append(np.ones(len(ex_rows)))
+
+    rt_rows = text_rows[~is_exact]
+    rt_bytes = [sb[i] for i in rt_rows]
+    id_lists, unmapped = _encode_bytes(t, rt_bytes, byte_token, unk, progress, 0.15, 0.75)
+    pieces = _flatten(rt_rows, id_lists)
+    r, c, v = _weigh(pieces, max_pieces, base, decay)
+    rows_l.append(r); cols_l.append(c); vals_l.append(v)
+    n_pieces[rt_rows] = np.minimum(pieces.counts, np.iinfo(np.int16).max)
+    kinds[rt_rows] = np.where(unmapped, UNMAPPED, np.where(pieces.counts > max_pieces, TRUNCATED, RETOKENIZED))
+    empty = pieces.counts == 0  # nothing to re-tokenize (should not happen for real tokens)
+    if empty.any():
+        kinds[rt_rows[empty]] = UNMAPPED
+        rows_l.append(rt_rows[empty]); cols_l.append(np.full(int(empty.sum()), unk)); vals_l.append(np.ones(int(empty.sum())))
+
+    if reverse_pass:
+        say(0.78, "reverse pass: re-tokenizing teacher tokens with the student")
+        t_rows = np.flatnonzero(has)
+        s_lists = s.encode_ids_batch([tb[i].decode("utf-8", errors="replace") for i in t_rows], dummy_prefix=False)
+        rp = _flatten(t_rows, s_lists)  # here rows are teacher ids and cols student ids
+        tr, sc, w = _weigh(rp, max_pieces, base, decay)
+        target = np.isin(sc, rt_rows)  # exact rows are done; special/padding rows are by role
+        rows_l.append(sc[target]); cols_l.append(tr[target]); vals_l.append(w[target])
+
+    say(0.85, "special tokens by role")
+    for i in np.flatnonzero(s.special).tolist():
+        col = eos
+        for role in ROLE_ORDER:
+            if s.roles.get(role) == i and role in t.roles:
+                col, role_matched[i] = t.roles[role], True
+                break
+        kinds[i] = SPECIAL
+        rows_l.append(np.array([i])); cols_l.append(np.array([col])); vals_l.append(np.ones(1))
+    pad_rows = np.flatnonzero(kinds == PADDING)
+    rows_l.append(pad_rows); cols_l.append(np.full(len(pad_rows), eos)); vals_l.append(np.ones(len(pad_rows)))
+
+    say(0.9, "assembling the sparse matrix")
+    matrix = _assemble(np.concatenate(rows_l), np.concatenate(cols_l).astype(np.int64), np.concatenate(vals_l), V_s, V_t, top_k)
+    params = dict(max_pieces=max_pieces, top_k=top_k, base=base, decay=decay, reverse_pass=bool(reverse_pass),
+                  student_vocab_size=V_s, teacher_vocab_size=V_t)
+    proj = Projection(matrix, kinds, n_pieces, role_matched, params=params,
+                      student_name=s.name, teacher_name=t.name, student_sha256=s.sha256, teacher_sha256=t.sha256,
+                      student=s, teacher=t)
+    say(1.0, f"W {V_s:,} x {V_t:,} with {matrix.nnz:,} non-zeros")
+    return proj
+
+
+@dataclass
+class Piece:
+    teacher_id: int
+    text: str
+    bytes: bytes
+    weight: float
+
+    def to_dict(self):
+        return {"teacher_id": self.teacher_id, "text": self.text, "bytes": self.bytes.hex(" "), "weight": self.weight}
+
+
+@dataclass
+class RowExplanation:
+    """Why row `student_id` of W is what it is: the pass that made it, its pieces and the formula."""
+
+    student_id: int
+    student_text: str
+    student_bytes: bytes | None
+    kind: str
+    reason: str
+    pieces: list  # list[Piece]: the row's non-zeros, heaviest first
+    sequence: list = field(default_factory=list)  # teacher pieces in order, before weighting (re-tokenized rows)
+    formula: str = ""
+
+    def to_dict(self) -> dict:
+        return {"student_id": self.student_id, "student_text": self.student_text,
+                "student_bytes": None if self.student_bytes is None else self.student_bytes.hex(" "),
+                "kind": self.kind, "reason": self.reason, "pieces": [p.to_dict() for p in self.pieces],
+                "sequence": [p.to_dict() for p in self.sequence], "formula": self.formula}
+
+    def to_text(self) -> str:
+        lines = [f"student token {self.student_id} {self.student_text!r}  kind: {self.kind}", f"  why: {self.reason}"]
+        if self.sequence:
+            lines.append("  teacher pieces in order: " + " ".join(f"{p.text!r}" for p in self.sequence))
+        for p in self.pieces:
+            lines.append(f"  -> teacher {p.teacher_id:>7d} {p.text!r:14s} bytes [{p.bytes.hex(' ')}]  weight {p.weight:.5f}")
+        if self.formula:
+            lines.append(f"  formula: {self.formula}")
+        return "\n".join(lines)
+
+
+class Projection:
+    """W plus what it was built from. See the module docstring and docs/CONTRACTS.md."""
+
+    def __init__(self, matrix: sp.csr_array, kinds: np.ndarray, n_pieces: np.ndarray, role_matched: np.ndarray, *,
+                 params: dict, student_name: str, teacher_name: str, student_sha256: str, teacher_sha256: str,
+                 student: Tok | None = None, teacher: Tok | None = None, xtok_version: str | None = None):
+        self.matrix = matrix
+        self.kinds = kinds
+        self.n_pieces = n_pieces
+        self.role_matched = role_matched
+        self.params = dict(params)
+        self.student_name, self.teacher_name = student_name, teacher_name
+        self.student_sha256, self.teacher_sha256 = student_sha256, teacher_sha256
+        self.student, self.teacher = student, teacher
+        self.xtok_version = xtok_version or _xtok_version()
+        self._torch_cache: dict = {}
+
+    # ------------------------------------------------------------------ views
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape
+
+    @property
+    def sha256(self) -> str:
+        """Content hash of W: both tokenizer hashes, the parameters and every array."""
+        if not hasattr(self, "_sha"):
+            h = hashlib.sha256()
+            h.update(json.dumps([self.student_sha256, self.teacher_sha256, self.params], sort_keys=True).encode())
+            for a in (self.matrix.indptr.astype(np.int64), self.matrix.indices.astype(np.int32), self.matrix.data.astype(np.float32),
+                      self.kinds, self.n_pieces, self.role_matched.astype(np.uint8)):
+                h.update(np.ascontiguousarray(a).tobytes())
+            self._sha = h.hexdigest()
+        return self._sha
+
+    def kind(self, s: int) -> str:
+        return KINDS[int(self.kinds[s])]
+
+    def kind_names(self) -> np.ndarray:
+        return np.asarray(KINDS, dtype=object)[self.kinds]
+
+    def kind_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.kinds, minlength=len(KINDS))
+        return {k: int(c) for k, c in zip(KINDS, counts)}
+
+    def row(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """(teacher ids, weights) of row s, heaviest first, ties to the lower id."""
+        if not 0 <= s < self.shape[0]:
+            raise XtokError(f"student id {s} is outside W's {self.shape[0]:,} rows; pass an id of {self.student_name}")
+        a, b = self.matrix.indptr[s], self.matrix.indptr[s + 1]
+        cols, vals = self.matrix.indices[a:b].astype(np.int64), self.matrix.data[a:b]
+        order = np.lexsort((cols, -vals))
+        return cols[order], vals[order]
+
+    def to_torch(self, device=None, dtype=None):
+        """W as a torch sparse CSR tensor (float32 by default), cached per device and dtype."""
+        import torch
+
+        dtype = dtype or torch.float32
+        key = (str(device), dtype)
+        if key not in self._torch_cache:
+            m = self.matrix
+            self._torch_cache[key] = torch.sparse_csr_tensor(
+                torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
+                torch.from_numpy(m.data.astype(np.float32)).to(dtype), size=m.shape, device=device)
+        return self._torch_cache[key]
+
+    def check_tokenizers(self, student: Tok | None = None, teacher: Tok | None = None) -> None:
+        """Fail with one line if W was built for other tokenizers."""
+        for side, tok, want, name in (("student", student, self.student_sha256, self.student_name),
+                                      ("teacher", teacher, self.teacher_sha256, self.teacher_name)):
+            if tok is not None and tok.sha256 != want:
+                raise XtokError(f"W was built for {side} {name} sha256 {_short(want)} but this {side} tokenizer {tok.name} is "
+                                f"{_short(tok.sha256)}; rebuild with xtok build-w --student {self.student_name if side == 'teacher' else tok.name} "
+                                f"--teacher {tok.name if side == 'teacher' else self.teacher_name}")
+
+    def check_logits(self, student_width: int | None = None, teacher_width: int | None = None) -> None:
+        """Fail with one line if model logits do not match W's shape (no silent broadcast)."""
+        for side, width, size in (("student", student_width, self.shape[0]), ("teacher", teacher_width, self.shape[1])):
+            if width is not None and width != size:
+                raise XtokError(f"{side} logits have {width:,} entries but W has {size:,} {side} {'rows' if side == 'student' else 'columns'}; "
+                                f"rebuild W with --{side}-vocab-size {width}")
+
+    # ------------------------------------------------------------------ explain
+    def explain(self, s: int) -> RowExplanation:
+        cols, vals = self.row(s)
+        st, tt = self.student, self.teacher
+        name = (lambda i: tt.token_text(int(i))) if tt else (lambda i: f"#{int(i)}")
+        tbytes = (lambda i: tt.token_bytes[int(i)] or b"") if tt else (lambda i: b"")
+        pieces = [Piece(int(c), name(c), tbytes(c), float(v)) for c, v in zip(cols, vals)]
+        kind = self.kind(s)
+        sbytes = st.token_bytes[s] if st and s < st.vocab_size else None
+        stext = st.token_text(s) if st and s < st.vocab_size else f"<padding {s}>" if s >= (st.vocab_size if st else 0) else f"#{s}"
+        p = self.params
+        sequence, formula = [], ""
+        if kind == "exact":
+            reason = f"exact-match pass: the teacher has a token with the same bytes {sbytes!r}, so W[{s}, {pieces[0].teacher_id}] = 1"
+            formula = "weight 1 (no re-tokenization)"
+        elif kind in ("retokenized", "truncated", "unmapped"):
+            n = int(self.n_pieces[s])
+            if tt is not None and sbytes is not None:
+                try:
+                    ids = tt.encode_ids_batch([sbytes.decode("utf-8")], dummy_prefix=False)[0]
+                    sequence = [Piece(int(i), name(i), tbytes(i), float(p["base"] * p["decay"] ** k) if k < p["max_pieces"] else 0.0)
+                                for k, i in enumerate(ids)]
+                except UnicodeDecodeError:
+                    sequence = []
+            reason = (f"re-tokenize pass: no teacher token has the bytes {sbytes!r}; the teacher splits them into {n} piece"
+                      f"{'s' if n != 1 else ''}")
+            if kind == "truncated":
+                reason += f", more than max_pieces={p['max_pieces']}: only the first {p['max_pieces']} are kept"
+            if kind == "unmapped":
+                reason += "; some bytes have no teacher token, they map to the teacher's unk"
+            formula = self._formula(sequence, pieces) if sequence else \
+                f"w_i = {p['base']}·{p['decay']}^i for the first {p['max_pieces']} pieces, summed per column, top {p['top_k']} kept, normalised"
+        elif kind == "special":
+            role = next((r for r in ROLE_ORDER if st and st.roles.get(r) == s), None)
+            target = pieces[0].text if pieces else "?"
+            if self.role_matched[s]:
+                reason = f"special token matched by role: {role} -> the teacher's {role} {target!r}"
+            elif role:
+                reason = f"special token with role {role}, which the teacher lacks: mapped to the teacher's eos {target!r} (flagged)"
+            else:
+                reason = f"special token with no shared role: mapped to the teacher's eos {target!r} (flagged)"
+            formula = "weight 1 (by role, not by string)"
+        else:
+            reason = f"padding row: id {s} is past the student tokenizer or unused; mapped to the teacher's eos"
+            formula = "weight 1"
+        return RowExplanation(s, stext, sbytes, kind, reason, pieces, sequence, formula)
+
+    def _formula(self, sequence: list, pieces: list) -> str:
+        p = self.params
+        kept = [q for q in sequence[: p["max_pieces"]]]
+        total = sum(q.weight for q in kept)
+        parts = []
+        for piece in pieces:
+            raw = [q.weight for q in kept if q.teacher_id == piece.teacher_id]
+            num = " + ".join(f"{w:g}" for w in raw) if raw else "?"
+            parts.append(f"{piece.text!r} = ({num})/{total:g} = {piece.weight:.5f}" if len(raw) > 1 else
+                         f"{piece.text!r} = {num}/{total:g} = {piece.weight:.5f}")
+        head = f"w_i = {p['base']:g}·{p['decay']:g}^i for pieces i = 0..{min(len(sequence), p['max_pieces']) - 1}"
+        if len(kept) < len(pieces) or len(pieces) < len({q.teacher_id for q in kept}):
+            head += f", top {p['top_k']} columns kept"
+        return head + "; repeated pieces share a column; normalised: " + ", ".join(parts)
+
+    # ------------------------------------------------------------------ files
+    def _metadata(self) -> dict:
+        return {"format": "xtok-projection", "format_version": FORMAT_VERSION, "xtok_version": self.xtok_version,
+                "student": {"name": self.student_name, "sha256": self.student_sha256, "vocab_size": self.shape[0]},
+                "teacher": {"name": self.teacher_name, "sha256": self.teacher_sha256, "vocab_size": self.shape[1]},
+                "params": self.params, "kinds": list(KINDS)}
+
+    def save(self, path) -> Path:
+        """safetensors: indptr, indices, data, kinds, n_pieces, role_matched + one canonical JSON metadata key."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        m = self.matrix
+        tensors = {"indptr": m.indptr.astype(np.int64), "indices": m.indices.astype(np.int32), "data": m.data.astype(np.float32),
+                   "kinds": self.kinds.astype(np.uint8), "n_pieces": self.n_pieces.astype(np.int16),
+                   "role_matched": self.role_matched.astype(np.uint8)}
+        meta = json.dumps(self._metadata(), sort_keys=True, separators=(",", ":"))
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata={"xtok": meta})
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path, student=None, teacher=None) -> "Projection":
+        """Load a W saved by `save`; with tokenizers given, their hashes must match the file's."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise XtokError(f"W file {path} does not exist; build one with xtok build-w --student S --teacher T --out {path}")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = json.loads((f.metadata() or {})["xtok"])
+                arrays = {k: f.get_tensor(k) for k in ("indptr", "indices", "data", "kinds", "n_pieces", "role_matched")}
+        except Exception as e:  # noqa: BLE001 - truncated, not safetensors, or not ours
+            reason = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+            raise XtokError(f"{path} is not a readable xtok W file ({reason}); rebuild it with xtok build-w") from None
+        if meta.get("format") != "xtok-projection" or meta.get("format_version", 0) > FORMAT_VERSION:
+            raise XtokError(f"{path} has format {meta.get('format')} v{meta.get('format_version')}, this xtok reads v{FORMAT_VERSION}; "
+                            f"rebuild it with this xtok's build-w")
+        V_s, V_t = meta["student"]["vocab_size"], meta["teacher"]["vocab_size"]
+        ip, ix, d = arrays["indptr"], arrays["indices"], arrays["data"]
+        if len(ip) != V_s + 1 or ip[-1] != len(ix) or len(ix) != len(d) or (len(ix) and ix.max() >= V_t) or len(arrays["kinds"]) != V_s:
+            raise XtokError(f"{path} is inconsistent (array sizes do not match a {V_s:,} x {V_t:,} W); rebuild it with xtok build-w")
+        s = load_tokenizer(student) if student is not None else None
+        t = load_tokenizer(teacher) if teacher is not None else None
+        proj = cls(sp.csr_array((d, ix, ip), shape=(V_s, V_t)), arrays["kinds"], arrays["n_pieces"],
+                   arrays["role_matched"].astype(bool), params=meta["params"], student_name=meta["student"]["name"],
+                   teacher_name=meta["teacher"]["name"], student_sha256=meta["student"]["sha256"],
+                   teacher_sha256=meta["teacher"]["sha256"], xtok_version=meta.get("xtok_version"))
+        proj.check_tokenizers(s, t)
+        proj.student, proj.teacher = s, t
+        return proj
+
+    def to_nemo(self) -> dict:
+        """NeMo-RL's top-k layout: indices / likelihoods (V_s, top_k), heaviest first, -1 / 0 padding."""
+        import torch
+
+        m = self.matrix
+        k = max(int(np.diff(m.indptr).max(initial=0)), 1)
+        counts = np.diff(m.indptr)
+        rows = np.repeat(np.arange(m.shape[0]), counts)
+        order = np.lexsort((m.indices, -m.data, rows))
+        slot = np.arange(len(order)) - np.repeat(m.indptr[:-1], counts)
+        idx = np.full((m.shape[0], k), -1, dtype=np.int64)
+        lik = np.zeros((m.shape[0], k), dtype=np.float32)
+        idx[rows, slot] = m.indices[order]
+        lik[rows, slot] = m.data[order]
+        return {"indices": torch.from_numpy(idx), "likelihoods": torch.from_numpy(lik),
+                "xtok_metadata": json.dumps(self._metadata(), sort_keys=True)}
+
+    def save_nemo(self, path) -> Path:
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.to_nemo(), str(path))
+        return path
+
+    @classmethod
+    def load_nemo(cls, path, student, teacher) -> "Projection":
+        """Import a NeMo-RL top-k `.pt` (a plain tensor dict; pickled objects are refused)."""
+        import pickle
+
+        import torch
+
+        s, t = load_tokenizer(student), load_tokenizer(teacher)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise XtokError(f"{path} holds pickled Python objects, which xtok refuses to load; export it as a plain tensor dict "
+                            f"(indices, likelihoods)") from None
+        except Exception as e:  # noqa: BLE001
+            raise XtokError(f"{path} is not a readable torch file ({type(e).__name__}); re-export it from NeMo-RL") from None
+        if not isinstance(obj, dict) or "indices" not in obj or "likelihoods" not in obj:
+            raise XtokError(f"{path} has no 'indices' and 'likelihoods' tensors; pass a NeMo-RL projection file")
+        idx, lik = obj["indices"].numpy().astype(np.int64), obj["likelihoods"].float().numpy()
+        V_s = idx.shape[0]
+        V_t = t.vocab_size
+        if isinstance(obj.get("xtok_metadata"), str):
+            V_t = json.loads(obj["xtok_metadata"])["teacher"]["vocab_size"]
+        if V_s < s.vocab_size:
+            raise XtokError(f"{path} has {V_s:,} rows but student {s.name} has {s.vocab_size:,} ids; pass the student it was built for")
+        keep = (idx >= 0) & (lik > 0)
+        rows = np.repeat(np.arange(V_s), keep.sum(1))
+        matrix = _assemble(rows, idx[keep], lik[keep].astype(np.float64), V_s, max(V_t, int(idx.max(initial=0)) + 1), idx.shape[1])
+        kinds = np.full(V_s, RETOKENIZED, dtype=np.uint8)
+        kinds[s.vocab_size:] = PADDING
+        kinds[: s.vocab_size][s.holes] = PADDING
+        kinds[: s.vocab_size][s.special] = SPECIAL
+        single = np.diff(matrix.indptr) == 1
+        top = np.where(single, matrix.indices[np.minimum(matrix.indptr[:-1], max(matrix.nnz - 1, 0))], -1)
+        for i in np.flatnonzero(single[: s.vocab_size] & (kinds[: s.vocab_size] == RETOKENIZED)).tolist():
+            if top[i] < t.vocab_size and s.token_bytes[i] == t.token_bytes[top[i]]:
+                kinds[i] = EXACT
+        params = dict(max_pieces=idx.shape[1], top_k=idx.shape[1], base=0.9, decay=0.1, reverse_pass=False,
+                      student_vocab_size=V_s, teacher_vocab_size=matrix.shape[1], imported_from="nemo-rl")
+        return cls(matrix, kinds, np.where(kinds == EXACT, 1, np.diff(matrix.indptr)).astype(np.int16), np.zeros(V_s, bool),
+                   params=params, student_name=s.name, teacher_name=t.name, student_sha256=s.sha256, teacher_sha256=t.sha256,
+                   student=s, teacher=t)
+
+    def to_csv(self, target=None) -> str | None:
+        """One line per non-zero: student_id, student_text, kind, teacher_id, teacher_text, weight."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["student_id", "student_text", "kind", "teacher_id", "teacher_text", "weight"])
+        m = self.matrix
+        rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+        stext = (lambda i: self.student.token_text(i) if i < self.student.vocab_size else "") if self.student else (lambda i: "")
+        ttext = (lambda i: self.teacher.token_text(i) if i < self.teacher.vocab_size else "") if self.teacher else (lambda i: "")
+        names = self.kind_names()
+        w.writerows((int(r), stext(int(r)), names[r], int(c), ttext(int(c)), f"{v:.6g}")
+                    for r, c, v in zip(rows.tolist(), m.indices.tolist(), m.data.tolist()))
+        if target is None:
+            return buf.getvalue()
+        if hasattr(target, "write"):
+            target.write(buf.getvalue())
+        else:
+            Path(target).write_text(buf.getvalue(), encoding="utf-8")
+        return None

@@ -122,8 +122,10 @@ def _weigh(p: _Pieces, max_pieces: int, base: float, decay: float):
     return p.rows[keep], p.cols[keep], base * decay ** p.pos[keep].astype(np.float64)
 
 
-def _assemble(rows, cols, vals, n_rows: int, n_cols: int, top_k: int) -> sp.csr_array:
-    """Sum duplicates, keep each row's top_k (ties to the lower column), normalise, build CSR."""
+def _assemble(rows, cols, vals, n_rows: int, n_cols: int, top_k: int, normalise: bool = True) -> sp.csr_array:
+    """Sum duplicates, keep each row's top_k (ties to the lower column), normalise, build CSR.
+
+    normalise=False keeps values whose row already sums to 1 within 1e-6 bit for bit (imports)."""
     key = rows.astype(np.int64) * n_cols + cols
     uniq, inv = np.unique(key, return_inverse=True)
     vals = np.bincount(inv, weights=vals, minlength=len(uniq))
@@ -133,7 +135,8 @@ def _assemble(rows, cols, vals, n_rows: int, n_cols: int, top_k: int) -> sp.csr_
     first = np.searchsorted(rows, rows, side="left")
     keep = (np.arange(len(rows)) - first) < top_k
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    vals = vals / np.bincount(rows, weights=vals, minlength=n_rows)[rows]
+    sums = np.bincount(rows, weights=vals, minlength=n_rows)[rows]
+    vals = vals / sums if normalise else np.where(np.abs(sums - 1) > 1e-6, vals / sums, vals)
     order = np.lexsort((cols, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]
     indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=n_rows)))).astype(np.int64)
@@ -502,8 +505,12 @@ class Projection:
         lik = np.zeros((m.shape[0], k), dtype=np.float32)
         idx[rows, slot] = m.indices[order]
         lik[rows, slot] = m.data[order]
+        # NeMo-RL reads indices/likelihoods; the xtok_* entries let xtok restore row kinds exactly.
         return {"indices": torch.from_numpy(idx), "likelihoods": torch.from_numpy(lik),
-                "xtok_metadata": json.dumps(self._metadata(), sort_keys=True)}
+                "xtok_metadata": json.dumps(self._metadata(), sort_keys=True),
+                "xtok_kinds": torch.from_numpy(self.kinds.astype(np.uint8)),
+                "xtok_n_pieces": torch.from_numpy(self.n_pieces.astype(np.int16)),
+                "xtok_role_matched": torch.from_numpy(self.role_matched.astype(np.bool_))}
 
     def save_nemo(self, path) -> Path:
         import torch
@@ -539,7 +546,8 @@ class Projection:
             raise XtokError(f"{path} has {V_s:,} rows but student {s.name} has {s.vocab_size:,} ids; pass the student it was built for")
         keep = (idx >= 0) & (lik > 0)
         rows = np.repeat(np.arange(V_s), keep.sum(1))
-        matrix = _assemble(rows, idx[keep], lik[keep].astype(np.float64), V_s, max(V_t, int(idx.max(initial=0)) + 1), idx.shape[1])
+        matrix = _assemble(rows, idx[keep], lik[keep].astype(np.float64), V_s, max(V_t, int(idx.max(initial=0)) + 1), idx.shape[1],
+                           normalise=False)
         kinds = np.full(V_s, RETOKENIZED, dtype=np.uint8)
         kinds[s.vocab_size:] = PADDING
         kinds[: s.vocab_size][s.holes] = PADDING
@@ -551,7 +559,14 @@ class Projection:
                 kinds[i] = EXACT
         params = dict(max_pieces=idx.shape[1], top_k=idx.shape[1], base=0.9, decay=0.1, reverse_pass=False,
                       student_vocab_size=V_s, teacher_vocab_size=matrix.shape[1], imported_from="nemo-rl")
-        return cls(matrix, kinds, np.where(kinds == EXACT, 1, np.diff(matrix.indptr)).astype(np.int16), np.zeros(V_s, bool),
+        n_pieces = np.where(kinds == EXACT, 1, np.diff(matrix.indptr)).astype(np.int16)
+        role_matched = np.zeros(V_s, bool)
+        if isinstance(obj.get("xtok_kinds"), torch.Tensor) and obj["xtok_kinds"].shape == (V_s,):
+            kinds = obj["xtok_kinds"].numpy().astype(np.uint8)
+            n_pieces = obj["xtok_n_pieces"].numpy().astype(np.int16)
+            role_matched = obj["xtok_role_matched"].numpy().astype(bool)
+            params.update(json.loads(obj["xtok_metadata"])["params"])
+        return cls(matrix, kinds, n_pieces, role_matched,
                    params=params, student_name=s.name, teacher_name=t.name, student_sha256=s.sha256, teacher_sha256=t.sha256,
                    student=s, teacher=t)
 

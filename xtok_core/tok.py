@@ -451,7 +451,7 @@ def _load_file(path: Path, config: dict) -> Tok:
 
 def _load_auto(path: Path) -> Tok:
     """A local HF directory without tokenizer.json: let transformers convert it (no remote code)."""
-    if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.model").is_file():
+    if not any((path / f).is_file() for f in ("tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")):
         raise XtokError(f"{path} holds no tokenizer.json, tokenizer_config.json or tokenizer.model; pass a tokenizer directory or file")
     try:
         from transformers import AutoTokenizer

@@ -1,0 +1,173 @@
+"""Tokens as bytes (SPEC §1) on every bundled tokenizer."""
+
+import gzip
+import hashlib
+import json
+import re
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from xtok_core import XtokError, bundled_tokenizers, load_tokenizer
+from xtok_core.tok import ASSETS
+
+CORPUS = [
+    "The price is $1,234.56 on 2024-03-15 at 12:30.",
+    "12345 + 67890 = 80235; 3.14159 ≈ π; 1e-9, 0x1F, 007",
+    "def f(x):\n\tif x == 1:\n\t\treturn x->y  # arrow\n        return None\n",
+    "for (int i = 0; i != n; i += 2) { a[i] = b[i] >= c ? d : e; }",
+    "日本語のテキストと中文字符，还有한국어 텍스트.",
+    "emoji 😀 family 👨\u200d👩\u200d👧 flag 🇫🇷 and ½ ™ ©",
+    "a  b   c    d\t\te\n\n\nf \r\n g",
+    "   leading spaces and trailing   ",
+    "\u00e9 precomposed, e\u0301 combining, \u212b angstrom, ﬁ ligature",
+    "ÄÖÜ ß Ωmega résumé naïve façade",
+    "$€£¥₹ 99.99€ ±×÷≤≥∑√∞",
+    "",
+]
+BYTE_LEVEL_OR_SPM = [n for n in bundled_tokenizers() if "wordpiece" not in n]
+
+
+def _concat(tok, text):
+    enc = tok.encode(text)
+    return b"".join(tok.canonical_bytes(int(i)) or b"" for i in enc.ids)[enc.prefix:], enc
+
+
+def _expected(tok, text):
+    # A tokenizer that NFC-normalises (Qwen) sees the NFC text; that is what its bytes spell.
+    return (unicodedata.normalize("NFC", text) if "NFC" in tok.normalizes else text).encode()
+
+
+@pytest.mark.parametrize("name", BYTE_LEVEL_OR_SPM)
+def test_canonical_bytes_reproduce_the_text(tok, name):
+    t = tok(name)
+    for text in CORPUS:
+        got, _ = _concat(t, text)
+        assert got == _expected(t, text), (name, text)
+
+
+@pytest.mark.parametrize("name", BYTE_LEVEL_OR_SPM)
+def test_byte_offsets_partition_the_text(tok, name):
+    t = tok(name)
+    for text in CORPUS:
+        raw = text.encode()
+        enc = t.encode(text, add_special_tokens=True)
+        if not len(enc):
+            continue
+        starts, ends = enc.offsets[:, 0], enc.offsets[:, 1]
+        assert (starts <= ends).all() and (starts[1:] >= starts[:-1]).all() and (ends[1:] >= ends[:-1]).all()
+        assert ends.max() == len(raw)
+        if not t.normalizes or unicodedata.is_normalized("NFC", text):
+            # byte offsets slice exactly each token's bytes out of the text
+            for i, (a, b) in zip(enc.ids.tolist(), enc.offsets.tolist()):
+                cb = t.canonical_bytes(i)
+                if cb is not None and b > a:
+                    assert cb.endswith(raw[a:b]) and len(cb) - (b - a) <= enc.prefix
+
+
+def test_partial_utf8_tokens_keep_raw_bytes(tok):
+    # GPT-2 splits an emoji into byte pieces; each piece's bytes are not valid UTF-8 on their own
+    t = tok("gpt2")
+    enc = t.encode(" 😀")
+    pieces = [t.canonical_bytes(int(i)) for i in enc.ids]
+    assert b"".join(pieces) == " 😀".encode()
+    assert len(pieces) > 1
+    with pytest.raises(UnicodeDecodeError):
+        pieces[-1].decode("utf-8")
+
+
+def test_sentencepiece_space_and_byte_fallback(tok):
+    m = tok("mistral-7b")
+    the = m.backend.token_to_id("▁the")
+    assert m.canonical_bytes(the) == b" the"
+    nl = m.backend.token_to_id("<0x0A>")
+    assert m.canonical_bytes(nl) == b"\n" and m.byte_fallback_ids[nl]
+    assert m.dummy_prefix and m.encode("hello").prefix == 1
+
+
+def test_special_tokens_have_no_bytes_and_roles(tok):
+    ll = tok("llama-3.2")
+    bos = ll.backend.token_to_id("<|begin_of_text|>")
+    assert ll.canonical_bytes(bos) is None and ll.roles["bos"] == bos
+    q = tok("qwen2.5")
+    assert "bos" not in q.roles and q.token_text(q.roles["eos"]) == "<|im_end|>"
+
+
+def test_wordpiece_adapter_records_lowercasing(tok):
+    w = tok("bert-wordpiece")
+    assert w.family.startswith("wordpiece") and "lowercase" in w.family
+    enc = w.encode("Hello, World")
+    text = b"".join(w.canonical_bytes(int(i)) for i in enc.ids)
+    # word starts get a space, ## pieces and punctuation do not; case is folded
+    assert text.lstrip() == b"hello, world"
+    assert enc.offsets[-1, 1] == len("Hello, World")
+
+
+def test_o200k_holes_size_the_vocabulary(tok):
+    g = tok("gpt-4o")
+    assert g.vocab_size == 200_019
+    assert g.holes[200_000:200_018].all() and not g.holes[199_999] and not g.holes[200_018]
+    assert all(g.canonical_bytes(i) is None for i in range(200_000, 200_018))
+
+
+def test_bundled_hashes_match_provenance(tok):
+    table = (ASSETS / "PROVENANCE.md").read_text()
+    for name in bundled_tokenizers():
+        m = re.search(rf"^\| {re.escape(name)} \| ([0-9a-f]{{64}}) \|$", table, re.M)
+        if m:
+            assert tok(name).sha256 == m.group(1)
+            assert hashlib.sha256(gzip.decompress((ASSETS / name / "tokenizer.json.gz").read_bytes())).hexdigest() == m.group(1)
+
+
+def test_load_by_path_and_directory_gives_the_same_tokenizer(tok, tmp_path):
+    raw = gzip.decompress((ASSETS / "gpt2" / "tokenizer.json.gz").read_bytes())
+    (tmp_path / "tokenizer.json").write_bytes(raw)
+    (tmp_path / "tokenizer_config.json").write_text((ASSETS / "gpt2" / "tokenizer_config.json").read_text())
+    by_file, by_dir = load_tokenizer(tmp_path / "tokenizer.json"), load_tokenizer(str(tmp_path))
+    assert by_file.sha256 == by_dir.sha256 == tok("gpt2").sha256
+    assert by_dir.encode("hello 2019").ids.tolist() == tok("gpt2").encode("hello 2019").ids.tolist()
+
+
+def test_local_hf_directory_without_tokenizer_json_goes_through_transformers(tok, tmp_path):
+    # The older layout: vocab.json + merges.txt, converted by transformers (no remote code).
+    spec = json.loads(gzip.decompress((ASSETS / "gpt2" / "tokenizer.json.gz").read_bytes()))
+    (tmp_path / "vocab.json").write_text(json.dumps(spec["model"]["vocab"]))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>",
+                                                                 "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}))
+    t = load_tokenizer(tmp_path)
+    assert t.encode("hello 2019 😀").ids.tolist() == tok("gpt2").encode("hello 2019 😀").ids.tolist()
+    assert t.roles["eos"] == 50256
+
+
+def test_unknown_name_is_a_one_line_error():
+    with pytest.raises(XtokError) as e:
+        load_tokenizer("no-such-tokenizer")
+    assert "\n" not in str(e.value) and "llama-3.2" in str(e.value)
+
+
+def test_hub_id_offline_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(XtokError) as e:
+        load_tokenizer("someorg/some-model-that-is-not-cached")
+    msg = str(e.value)
+    assert "\n" not in msg and "local path" in msg
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"version": "1.0"}', b"", b"\x1f\x8b\x08garbage"])
+def test_corrupt_tokenizer_file_is_a_one_line_error(tmp_path, content):
+    p = tmp_path / "tokenizer.json"
+    p.write_bytes(content)
+    with pytest.raises(XtokError) as e:
+        load_tokenizer(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_truncated_tokenizer_file_is_a_one_line_error(tmp_path):
+    raw = gzip.decompress((ASSETS / "gpt2" / "tokenizer.json.gz").read_bytes())
+    p = tmp_path / "tokenizer.json"
+    p.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(XtokError, match="not a readable tokenizer.json"):
+        load_tokenizer(p)

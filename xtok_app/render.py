@@ -1,0 +1,77 @@
+"""How tokens look on screen: visible whitespace, byte pieces as text, colours by id.
+
+Pure functions that return strings (HTML) and plotly figures; no streamlit import, so tests can
+check what a page will show without a browser.
+"""
+
+from __future__ import annotations
+
+import html
+
+_VISIBLE = str.maketrans({" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"})
+_GOLDEN = 0.6180339887498949
+
+
+def visible_bytes(b: bytes | None, name: str = "") -> str:
+    """A token's bytes as readable text: spaces `·`, newlines `↵`, tabs `⇥`; bytes that are not
+    complete UTF-8 (a byte-level piece of a character) as `\\xNN`; a special token by its name."""
+    if b is None:
+        return name or "∅"
+    text = b.decode("utf-8", errors="backslashreplace").translate(_VISIBLE)
+    # Other control characters would vanish on screen.
+    return "".join(c if c.isprintable() or c in "·↵⇥␍" else f"\\x{ord(c):02x}" for c in text)
+
+
+def token_label(tok, token_id: int) -> str:
+    """What a token shows in the page (see `visible_bytes`)."""
+    b = tok.token_bytes[token_id] if 0 <= token_id < tok.vocab_size else None
+    return visible_bytes(b, tok.token_text(token_id) if b is None and 0 <= token_id < tok.vocab_size else "")
+
+
+def hex_bytes(b: bytes | None) -> str:
+    return "—" if b is None else " ".join(f"{x:02x}" for x in b)
+
+
+def colour(i: int, lightness: int = 85) -> str:
+    """A stable pastel colour for id `i` (golden-ratio hue spacing keeps neighbours apart)."""
+    hue = int(((i * _GOLDEN) % 1.0) * 360)
+    return f"hsl({hue}, 70%, {lightness}%)"
+
+
+CHIP_CSS = """
+<style>
+.xtok-chips{line-height:2.3;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.95rem}
+.xtok-chip{padding:2px 4px;margin:0 2px 0 0;border-radius:4px;border:1px solid rgba(0,0,0,.12);white-space:pre}
+.xtok-chip sub{font-size:.62rem;opacity:.6;margin-left:2px}
+table.xtok-table{border-collapse:collapse;font-size:.92rem;margin:.3rem 0 .8rem 0}
+table.xtok-table th,table.xtok-table td{border-bottom:1px solid rgba(128,128,128,.25);padding:4px 10px;text-align:left}
+table.xtok-table td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.xtok-table td.piece{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
+</style>
+"""
+
+
+def chips_html(tok, ids, colour_keys=None, *, show_ids: bool = False, css_class: str = "") -> str:
+    """Tokens as coloured chips. `colour_keys[i]` picks chip i's colour (default: its token id)."""
+    keys = list(ids) if colour_keys is None else list(colour_keys)
+    out = []
+    for tid, key in zip(map(int, ids), map(int, keys)):
+        label = html.escape(token_label(tok, tid))
+        title = html.escape(f"id {tid} · bytes {hex_bytes(tok.token_bytes[tid])}")
+        sub = f"<sub>{tid}</sub>" if show_ids else ""
+        out.append(f'<span class="xtok-chip" style="background:{colour(key)}" title="{title}">{label}{sub}</span>')
+    return f'<div class="xtok-chips {css_class}">{"".join(out)}</div>'
+
+
+def table_html(headers: list[str], rows: list[list], *, css_class: str = "", numeric: set[int] = frozenset(),
+               mono: set[int] = frozenset()) -> str:
+    """A plain HTML table (its text is in the page, unlike a canvas data grid)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = []
+        for j, v in enumerate(row):
+            cls = "num" if j in numeric else "piece" if j in mono else ""
+            cells.append(f'<td class="{cls}">{html.escape(str(v))}</td>')
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table class="xtok-table {css_class}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'

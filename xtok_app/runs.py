@@ -1,0 +1,172 @@
+"""Distillation runs seen from the app: launch `xtok distill` in the background, follow, stop, list.
+
+A run is the directory the CLI writes (`config.json`, `metrics.jsonl`, `status.json`, checkpoints).
+The app adds `launch.json` (process id and command) and `app.log` (the process's output), so that a
+browser that was closed and reopened, or another browser, finds the run and can stop it. The process
+runs in its own session (process group): closing the page or restarting the app does not end it, and
+stop sends SIGTERM to the whole group (the CLI checkpoints and marks the run `stopped`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUNS_ENV = "XTOK_RUNS_DIR"
+TERMINAL = ("finished", "failed", "stopped")
+
+
+def runs_dir() -> Path:
+    """Where runs live: `$XTOK_RUNS_DIR`, else `./runs`."""
+    return Path(os.environ.get(RUNS_ENV) or "runs").expanduser()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """Every complete line of `metrics.jsonl` (a line being written right now is skipped)."""
+    try:
+        raw = (Path(run) / "metrics.jsonl").read_text(encoding="utf-8")
+    except OSError:
+        return []
+    out = []
+    for line in raw.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs; reaps it if it is our exited child (else it would linger as a zombie)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    except OSError:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # an exited child of another process stays a zombie until reaped: not running
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class Run:
+    path: Path
+    status: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    launch: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def pid(self) -> int | None:
+        return self.launch.get("pid") or self.status.get("pid")
+
+    @property
+    def state(self) -> str:
+        """running / finished / failed / stopped, `starting` before the CLI wrote its status, and
+        `ended` for a process that is gone without saying how (killed)."""
+        s = self.status.get("state") or self.status.get("status")
+        if s in TERMINAL:
+            return s
+        alive = self.pid is not None and _alive(int(self.pid))
+        if alive:
+            return s or "starting"
+        return "ended" if self.pid is not None or s else "unknown"
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("running", "starting")
+
+    @property
+    def error(self) -> str:
+        return str(self.status.get("error") or "")
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def log_tail(self, n: int = 12) -> str:
+        try:
+            return "\n".join((self.path / "app.log").read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def load_run(path: Path) -> Run:
+    path = Path(path)
+    return Run(path, _read_json(path / "status.json"), _read_json(path / "config.json"), _read_json(path / "launch.json"))
+
+
+def list_runs(root: Path | None = None) -> list[Run]:
+    """Runs under `root`, newest first."""
+    root = Path(root or runs_dir())
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if p.is_dir() and any((p / f).exists() for f in ("launch.json", "status.json", "config.json"))]
+    return [load_run(p) for p in sorted(dirs, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def new_run_dir(label: str, root: Path | None = None) -> Path:
+    root = Path(root or runs_dir())
+    slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", label).strip("-")[:60] or "run"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = root / f"{stamp}-{slug}", 1
+    while path.exists():
+        n += 1
+        path = root / f"{stamp}-{slug}-{n}"
+    return path
+
+
+def launch_run(distill_args: list[str], out: Path) -> Run:
+    """Start `python -m xtok_core distill <distill_args> --out <out>` in its own process group."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "xtok_core", "distill", *map(str, distill_args), "--out", str(out)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(out / "app.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env, close_fds=True)
+    launch = {"pid": proc.pid, "command": cmd, "started": time.time()}
+    tmp = out / "launch.json.tmp"
+    tmp.write_text(json.dumps(launch, indent=1))
+    os.replace(tmp, out / "launch.json")
+    # The Popen object is dropped on purpose: liveness is checked by pid (see `_alive`), which also
+    # works after the app restarted.
+    return load_run(out)
+
+
+def stop_run(run: Run) -> bool:
+    """SIGTERM to the run's process group; False if it was not running."""
+    pid = run.pid
+    if pid is None or not _alive(int(pid)):
+        return False
+    try:
+        os.killpg(int(pid), signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True

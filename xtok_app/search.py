@@ -1,0 +1,68 @@
+"""Find student tokens by what a person types: the token's text, `id:N`, or a piece of text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+# The page shows whitespace as visible marks; typing them back means the same bytes.
+_TYPED = str.maketrans({"·": " ", "↵": "\n", "⇥": "\t", "Ġ": " ", "▁": " ", "Ċ": "\n"})
+
+
+@dataclass(frozen=True)
+class Match:
+    token_id: int
+    how: str  # "text", "text with a leading space", "id", "contains"
+
+
+@lru_cache(maxsize=16)
+def _index(tok) -> tuple[dict, pd.Series]:
+    """bytes -> lowest id, and every token's text, built once per tokenizer (C-level, no per-token Python work)."""
+    n = tok.vocab_size
+    by_bytes = dict(zip(reversed(tok.token_bytes), range(n - 1, -1, -1)))
+    by_bytes.pop(None, None)
+    texts = pd.Series(np.array([b.decode("utf-8", "replace") if b else "" for b in tok.token_bytes], dtype=object))
+    return by_bytes, texts
+
+
+def parse_id(query: str) -> int | None:
+    q = query.strip()
+    if q.lower().startswith("id:") and q[3:].strip().isdigit():
+        return int(q[3:].strip())
+    return None
+
+
+def find_tokens(tok, query: str, limit: int = 25) -> list[Match]:
+    """Student tokens for `query`, best first: `id:N` is that id; otherwise the token whose bytes are
+    exactly the typed text, then the same with a leading space, then the id if the text is a number,
+    then tokens containing the text (shortest first)."""
+    if not query:
+        return []
+    explicit = parse_id(query)
+    if explicit is not None:
+        return [Match(explicit, "id")] if 0 <= explicit < tok.vocab_size else []
+    by_bytes, texts = _index(tok)
+    text = query.translate(_TYPED)
+    out: list[Match] = []
+    seen: set[int] = set()
+
+    def add(i, how):
+        if i is not None and i not in seen and 0 <= i < tok.vocab_size:
+            seen.add(i)
+            out.append(Match(int(i), how))
+
+    add(by_bytes.get(text.encode("utf-8")), "text")
+    if not text.startswith(" "):
+        add(by_bytes.get((" " + text).encode("utf-8")), "text with a leading space")
+    if query.strip().isdigit():
+        add(int(query.strip()), "id")
+    hits = texts[texts.str.contains(text, regex=False)]
+    hits = hits.iloc[np.lexsort((hits.index.to_numpy(), hits.str.len().to_numpy()))]
+    for i in hits.index[: limit * 2].tolist():
+        if len(out) >= limit:
+            break
+        add(i, "contains")
+    return out[:limit]

@@ -1,0 +1,196 @@
+"""The app's shared state: the pair in the session and the URL, and the caches.
+
+Tokenizers and W are cached with `st.cache_resource` keyed by content hash (the tokenizer.json
+sha256), so two names for the same file share one object and one W.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import streamlit as st
+
+from xtok_core import DEFAULT_STUDENT, DEFAULT_TEACHER, XtokError, bundled_tokenizers, load_tokenizer
+
+UPLOAD_LIMIT_MB = 50  # also server.maxUploadSize in .streamlit/config.toml
+UPLOAD_PREFIX = "upload:"
+URL_KEYS = ("student", "teacher", "token")
+
+
+# ------------------------------------------------------------------ sources
+def upload_dir() -> Path:
+    return Path(os.environ.get("XTOK_UPLOAD_DIR") or Path(tempfile.gettempdir()) / "xtok-uploads")
+
+
+def source_path(source: str) -> str:
+    """What `load_tokenizer` takes for a source shown in the app (`upload:<sha>` is a saved upload)."""
+    if source.startswith(UPLOAD_PREFIX):
+        key = source[len(UPLOAD_PREFIX):]
+        d = upload_dir() / key
+        for name in ("tokenizer.json", "tokenizer.json.gz"):
+            if (d / name).is_file():
+                return str(d / name)
+        raise XtokError(f"uploaded tokenizer {key} is not on this server any more; upload the tokenizer.json again on the Pair page")
+    return source
+
+
+def source_label(source: str) -> str:
+    if source.startswith(UPLOAD_PREFIX):
+        meta = upload_dir() / source[len(UPLOAD_PREFIX):] / "upload.json"
+        try:
+            return f"{json.loads(meta.read_text())['name']} (upload {source[len(UPLOAD_PREFIX):][:8]})"
+        except (OSError, ValueError, KeyError):
+            return source
+    return source
+
+
+def save_upload(filename: str, data: bytes) -> str:
+    """Keep an uploaded tokenizer.json (or .json.gz), validate it with `load_tokenizer`, and return
+    its source name `upload:<sha256 prefix>`. A bad file raises XtokError naming the upload."""
+    size_mb = len(data) / 2**20
+    if size_mb > UPLOAD_LIMIT_MB:
+        raise XtokError(f"{filename} is {size_mb:.1f} MB, over the {UPLOAD_LIMIT_MB} MB upload limit; pass its local path instead")
+    key = hashlib.sha256(data).hexdigest()[:16]
+    d = upload_dir() / key
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / ("tokenizer.json.gz" if filename.endswith(".gz") else "tokenizer.json")
+    path.write_bytes(data)
+    try:
+        load_tokenizer(str(path))
+    except XtokError as e:
+        for p in d.iterdir():
+            p.unlink()
+        d.rmdir()
+        raise XtokError(str(e).replace(str(path), filename)) from None
+    (d / "upload.json").write_text(json.dumps({"name": filename}))
+    return UPLOAD_PREFIX + key
+
+
+# ------------------------------------------------------------------ caches
+@st.cache_resource(show_spinner=False)
+def _store() -> dict:
+    return {"tok": {}, "w": {}, "audit": {}, "lock": threading.Lock()}
+
+
+def tokenizer(source: str):
+    """The Tok for a source, one object per content hash."""
+    tok = load_tokenizer(source_path(source))
+    return _store()["tok"].setdefault(tok.sha256, tok)
+
+
+def cached_projection(student, teacher):
+    """W if it is already built for this pair, else None; never builds."""
+    return _store()["w"].get((student.sha256, teacher.sha256))
+
+
+def projection(student, teacher, progress=None):
+    """W for the pair: from the cache, else built once (other sessions wait for the same build)."""
+    store = _store()
+    with store["lock"]:
+        w = cached_projection(student, teacher)
+        if w is None:
+            from xtok_core import build_projection
+
+            w = build_projection(student, teacher, progress=progress)
+            store["w"][(student.sha256, teacher.sha256)] = w
+    return w
+
+
+def adopt_projection(w) -> None:
+    """Use a W loaded from a file (already validated against the pair) for its pair."""
+    _store()["w"][(w.student_sha256, w.teacher_sha256)] = w
+
+
+def projection_with_progress(student, teacher):
+    """W for the pair, showing a progress bar while it is built."""
+    w = cached_projection(student, teacher)
+    if w is not None:
+        return w
+    bar = st.progress(0.0, text=f"Building W for {student.name} → {teacher.name}…")
+    w = projection(student, teacher, progress=lambda f, msg="": bar.progress(min(max(float(f), 0.0), 1.0), text=msg or None))
+    bar.empty()
+    return w
+
+
+def audit(student, teacher, w):
+    """The coverage audit on the bundled sample corpus, cached per (student, teacher, W)."""
+    store = _store()
+    key = (student.sha256, teacher.sha256, w.sha256)
+    if key not in store["audit"]:
+        from xtok_core import coverage_audit
+        from xtok_core.corpus import sample_corpus
+
+        store["audit"][key] = coverage_audit(student, teacher, w, corpus=sample_corpus())
+    return store["audit"][key]
+
+
+# ------------------------------------------------------------------ pair state and URL
+def init_state() -> None:
+    """On a session's first run, take the pair and token from the URL; then keep the URL in step."""
+    ss = st.session_state
+    if "student" not in ss:
+        qp = st.query_params
+        ss.student = qp.get("student") or DEFAULT_STUDENT
+        ss.teacher = qp.get("teacher") or DEFAULT_TEACHER
+        ss.token = qp.get("token") or ""
+    sync_url()
+
+
+def sync_url() -> None:
+    ss = st.session_state
+    want = {k: ss[k] for k in URL_KEYS if ss.get(k)}
+    if dict(st.query_params) != want:
+        st.query_params.from_dict(want)
+
+
+def sources() -> list[str]:
+    """Choices for a side of the pair: bundled names, then sources added in this session."""
+    extra = [s for s in st.session_state.get("extra_sources", []) if s not in bundled_tokenizers()]
+    for s in (st.session_state.get("student"), st.session_state.get("teacher")):
+        if s and s not in bundled_tokenizers() and s not in extra:
+            extra.append(s)
+    return bundled_tokenizers() + extra
+
+
+def add_source(source: str) -> None:
+    extra = st.session_state.setdefault("extra_sources", [])
+    if source not in extra:
+        extra.append(source)
+
+
+def current_pair():
+    """(student, teacher) Tok for the session's pair; a bad source stops the page with one line."""
+    try:
+        return tokenizer(st.session_state.student), tokenizer(st.session_state.teacher)
+    except XtokError as e:
+        st.error(str(e))
+        st.page_link(PAGE_PAIR, label="Choose another pair on the Pair page")
+        st.stop()
+
+
+PAGE_PAIR = "pages/pair.py"
+
+
+def pair_caption(student, teacher) -> None:
+    st.caption(f"Student **{student.name}** (rows of W, {student.vocab_size:,} tokens) · "
+               f"teacher **{teacher.name}** (columns, {teacher.vocab_size:,} tokens)")
+
+
+# ------------------------------------------------------------------ exports
+def w_export(w, fmt: str) -> bytes:
+    """W as a downloadable file: "safetensors" (xtok), "pt" (NeMo-RL top-k dict) or "csv"."""
+    if fmt == "csv":
+        return w.to_csv().encode("utf-8")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"W.{fmt}"
+        (w.save if fmt == "safetensors" else w.save_nemo)(str(path))
+        return path.read_bytes()
+
+
+def w_filename(w, ext: str) -> str:
+    return f"W_{w.student_name}_to_{w.teacher_name}.{ext}".replace("/", "_")

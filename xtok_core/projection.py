@@ -352,10 +352,15 @@ class Projection:
         dtype = dtype or torch.float32
         key = (str(device), dtype)
         if key not in self._torch_cache:
+            import warnings
+
             m = self.matrix
-            self._torch_cache[key] = torch.sparse_csr_tensor(
-                torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
-                torch.from_numpy(m.data.astype(np.float32)).to(dtype), size=m.shape, device=device)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                self._torch_cache[key] = torch.sparse_csr_tensor(
+                    torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
+                    torch.from_numpy(m.data.astype(np.float32)).to(dtype), size=m.shape, device=device,
+                    check_invariants=False)  # built sorted and in range above
         return self._torch_cache[key]
 
     def check_tokenizers(self, student: Tok | None = None, teacher: Tok | None = None) -> None:

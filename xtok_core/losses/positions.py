@@ -1,0 +1,134 @@
+"""Which rows of the (B, T, V) logits the KD losses compare, given a batch alignment.
+
+Logits at position p predict token p+1. A group g ends where both tokenizations have a boundary, so at
+its last positions (s_end[g], t_end[g]) both models predict the first token of the next group h, which
+starts at the same byte: one aligned pair per such g. The three position modes differ in what stands
+for group h's prediction (all three coincide when h is one token on each side):
+
+- `boundary` (default): the distributions at (s_end[g], t_end[g]).
+- `chunk_mean`: the mean log-probabilities over all positions predicting h's tokens (s_end[g] ..
+  s_end[h]-1 on the student side, the same on the teacher side), renormalised, as NeMo-RL averages
+  over a chunk.
+- `chain`: the boundary distribution times the probabilities of h's later actual tokens (chain rule,
+  X-Token paper / TRL GOLD); returned as the boundary rows plus a per-row log offset, so the loss sees
+  the unnormalised merged distribution and its gradient reaches those later positions too.
+
+A pair exists for every g with `group_mask` True whose next position exists on both sides and belongs
+to the same group h there (so the last text group before padding has no pair).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import XtokError
+
+POSITION_MODES = ("boundary", "chunk_mean", "chain")
+
+
+@dataclass
+class AlignedRows:
+    """Rows to compare: `student (N, V_s)`, `teacher (N, V_t)`, optional log offsets `(N,)`, and the
+    temperature the loss still has to apply (τ for logits rows, 1 for `chunk_mean`'s log-prob rows)."""
+
+    student: torch.Tensor
+    teacher: torch.Tensor
+    student_offset: torch.Tensor | None = None
+    teacher_offset: torch.Tensor | None = None
+    temperature: float = 1.0
+
+
+def _pairs(al, t_s: int, t_t: int):
+    """(b, s_pos, t_pos, h) of every aligned pair, each `(N,) long`."""
+    s_next, t_next = al.s_end + 1, al.t_end + 1
+    ok = al.group_mask.bool() & (al.s_end >= 0) & (al.t_end >= 0) & (s_next < t_s) & (t_next < t_t)
+    s_next_c, t_next_c = s_next.clamp(0, t_s - 1), t_next.clamp(0, t_t - 1)
+    ok &= al.student_mask.bool().gather(1, s_next_c) & al.teacher_mask.bool().gather(1, t_next_c)
+    h = al.student_group.gather(1, s_next_c)
+    ok &= (h >= 0) & (h == al.teacher_group.gather(1, t_next_c))
+    b, g = ok.nonzero(as_tuple=True)
+    return b, al.s_end[b, g], al.t_end[b, g], h[b, g]
+
+
+def _predicting_positions(groups, mask, b, h, n_groups):
+    """Positions p (p+1 valid) whose next token lies in a paired group, and that pair's index.
+
+    groups, mask: (B, T); b, h: (N,) pairs. Returns (pb, pp, pair) each (M,)."""
+    bsz, t = groups.shape
+    pair_of = torch.full((bsz, max(n_groups, 1)), -1, dtype=torch.long, device=groups.device)
+    pair_of[b, h] = torch.arange(len(b), device=groups.device)
+    nxt = groups[:, 1:]
+    valid = mask[:, :-1].bool() & mask[:, 1:].bool() & (nxt >= 0)
+    pair = torch.where(valid, pair_of.gather(1, nxt.clamp(min=0)), -1)
+    pb, pp = (pair >= 0).nonzero(as_tuple=True)
+    return pb, pp, pair[pb, pp]
+
+
+def _chain_offset(logits, ids, groups, mask, b, h, s_pos, n_groups, temperature, n):
+    """Σ log p(actual next token) over the positions predicting h's later tokens: `(N,)`."""
+    pb, pp, pair = _predicting_positions(groups, mask, b, h, n_groups)
+    later = pp != s_pos[pair]
+    pb, pp, pair = pb[later], pp[later], pair[later]
+    z = logits[pb, pp].float() if logits.dtype != torch.float64 else logits[pb, pp]
+    z = z / temperature
+    tok = ids[pb, pp + 1]
+    lp = z.gather(1, tok[:, None])[:, 0] - torch.logsumexp(z, dim=-1)
+    return torch.zeros(n, dtype=lp.dtype, device=lp.device).index_add(0, pair, lp)
+
+
+def _chunk_mean(logits, groups, mask, b, h, n_groups, temperature, n):
+    pb, pp, pair = _predicting_positions(groups, mask, b, h, n_groups)
+    z = logits[pb, pp]
+    lp = torch.log_softmax(z.to(torch.float64 if z.dtype == torch.float64 else torch.float32) / temperature, -1)
+    sums = torch.zeros(n, lp.shape[-1], dtype=lp.dtype, device=lp.device).index_add(0, pair, lp)
+    counts = torch.zeros(n, dtype=lp.dtype, device=lp.device).index_add(0, pair, torch.ones_like(pair, dtype=lp.dtype))
+    return sums / counts.clamp(min=1)[:, None]
+
+
+def check_alignment(al, student_logits, teacher_logits):
+    if al.student_mask.shape != student_logits.shape[:2] or al.teacher_mask.shape != teacher_logits.shape[:2]:
+        raise XtokError(
+            f"alignment is for student {tuple(al.student_mask.shape)} / teacher {tuple(al.teacher_mask.shape)} "
+            f"tokens but the logits are {tuple(student_logits.shape[:2])} / {tuple(teacher_logits.shape[:2])}; "
+            "build the alignment (align_batch) from the same batch with the same max_length")
+
+
+def aligned_rows(student_logits, teacher_logits, al, *, position="boundary", temperature=1.0) -> AlignedRows:
+    """Gather the rows to compare from student `(B, T_s, V_s)` and teacher `(B, T_t, V_t)` logits.
+
+    `al` is a `BatchAlignment` (xtok_core.align.align_batch) or any object with its fields:
+    student_ids/teacher_ids, student_mask/teacher_mask, student_group/teacher_group (B, T),
+    s_end/t_end (B, G), group_mask (B, G).
+    """
+    if position not in POSITION_MODES:
+        raise XtokError(f"unknown position mode {position!r}; use one of {', '.join(POSITION_MODES)}")
+    check_alignment(al, student_logits, teacher_logits)
+    t_s, t_t = student_logits.shape[1], teacher_logits.shape[1]
+    b, s_pos, t_pos, h = _pairs(al, t_s, t_t)
+    n, n_groups = len(b), al.group_mask.shape[1]
+    if position == "chunk_mean":
+        with torch.no_grad():
+            t_rows = _chunk_mean(teacher_logits, al.teacher_group, al.teacher_mask, b, h, n_groups, temperature, n)
+        s_rows = _chunk_mean(student_logits, al.student_group, al.student_mask, b, h, n_groups, temperature, n)
+        return AlignedRows(s_rows, t_rows, temperature=1.0)
+    rows = AlignedRows(student_logits[b, s_pos], teacher_logits[b, t_pos], temperature=temperature)
+    if position == "chain":
+        rows.student_offset = _chain_offset(student_logits, al.student_ids, al.student_group, al.student_mask,
+                                            b, h, s_pos, n_groups, temperature, n)
+        with torch.no_grad():
+            rows.teacher_offset = _chain_offset(teacher_logits, al.teacher_ids, al.teacher_group,
+                                                al.teacher_mask, b, h, t_pos, n_groups, temperature, n)
+    return rows
+
+
+def same_tokenizer_rows(student_logits, teacher_logits, mask, temperature=1.0) -> AlignedRows:
+    """Rows for a teacher sharing the student's tokenizer: every position p with p and p+1 in `mask`."""
+    if teacher_logits.shape != student_logits.shape:
+        raise XtokError(
+            f"a same-tokenizer teacher must give logits shaped like the student's {tuple(student_logits.shape)}, "
+            f"got {tuple(teacher_logits.shape)}; give this teacher a W and an alignment instead")
+    keep = torch.zeros_like(mask, dtype=torch.bool)
+    keep[:, :-1] = mask[:, :-1].bool() & mask[:, 1:].bool()
+    return AlignedRows(student_logits[keep], teacher_logits[keep], temperature=temperature)

@@ -8,15 +8,15 @@ import streamlit as st
 
 from xtok_app import state
 
-st.set_page_config(page_title="xtok explorer", page_icon="🔀", layout="wide")
+st.set_page_config(page_title="xtok explorer", page_icon=":material/compare_arrows:", layout="wide")
 state.init_state()
 
 pages = [
-    st.Page("pages/pair.py", title="Pair", icon="🔀", url_path="pair", default=True),
-    st.Page("pages/projection.py", title="Projection", icon="🧮", url_path="projection"),
-    st.Page("pages/audit.py", title="Audit", icon="✅", url_path="audit"),
-    st.Page("pages/alignment.py", title="Alignment", icon="🔗", url_path="alignment"),
-    st.Page("pages/distill.py", title="Distill", icon="📉", url_path="distill"),
+    st.Page("app_pages/pair.py", title="Pair", icon=":material/compare_arrows:", default=True),
+    st.Page("app_pages/projection.py", title="Projection", icon=":material/grid_on:", url_path="projection"),
+    st.Page("app_pages/audit.py", title="Audit", icon=":material/fact_check:", url_path="audit"),
+    st.Page("app_pages/alignment.py", title="Alignment", icon=":material/link:", url_path="alignment"),
+    st.Page("app_pages/distill.py", title="Distill", icon=":material/show_chart:", url_path="distill"),
 ]
 page = st.navigation(pages)
 

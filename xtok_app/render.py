@@ -6,10 +6,18 @@ check what a page will show without a browser.
 
 from __future__ import annotations
 
-import html
-
 _VISIBLE = str.maketrans({" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"})
 _GOLDEN = 0.6180339887498949
+
+
+# Characters that Markdown (and its math extension) would act on, as HTML character references, so
+# that a token such as `$`, `*` or `_` shows as itself inside st.markdown HTML.
+_MARKDOWN_REFS = str.maketrans({c: f"&#{ord(c)};" for c in "$*_`\\~[]#|<>&\"'"})
+
+
+def esc(text: str) -> str:
+    """Text for an HTML block rendered through st.markdown: escaped for HTML and for Markdown."""
+    return str(text).translate(_MARKDOWN_REFS)
 
 
 def visible_bytes(b: bytes | None, name: str = "") -> str:
@@ -56,8 +64,8 @@ def chips_html(tok, ids, colour_keys=None, *, show_ids: bool = False, css_class:
     keys = list(ids) if colour_keys is None else list(colour_keys)
     out = []
     for tid, key in zip(map(int, ids), map(int, keys)):
-        label = html.escape(token_label(tok, tid))
-        title = html.escape(f"id {tid} · bytes {hex_bytes(tok.token_bytes[tid])}")
+        label = esc(token_label(tok, tid))
+        title = esc(f"id {tid} · bytes {hex_bytes(tok.token_bytes[tid])}")
         sub = f"<sub>{tid}</sub>" if show_ids else ""
         out.append(f'<span class="xtok-chip" style="background:{colour(key)}" title="{title}">{label}{sub}</span>')
     return f'<div class="xtok-chips {css_class}">{"".join(out)}</div>'
@@ -66,12 +74,12 @@ def chips_html(tok, ids, colour_keys=None, *, show_ids: bool = False, css_class:
 def table_html(headers: list[str], rows: list[list], *, css_class: str = "", numeric: set[int] = frozenset(),
                mono: set[int] = frozenset()) -> str:
     """A plain HTML table (its text is in the page, unlike a canvas data grid)."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
     for row in rows:
         cells = []
         for j, v in enumerate(row):
             cls = "num" if j in numeric else "piece" if j in mono else ""
-            cells.append(f'<td class="{cls}">{html.escape(str(v))}</td>')
+            cells.append(f'<td class="{cls}">{esc(v)}</td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f'<table class="xtok-table {css_class}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'

@@ -173,7 +173,7 @@ def current_pair():
         st.stop()
 
 
-PAGE_PAIR = "pages/pair.py"
+PAGE_PAIR = "app_pages/pair.py"
 
 
 def pair_caption(student, teacher) -> None:

@@ -90,7 +90,7 @@ if w is not None:
     c[2].metric("exact rows", f"{counts.get('exact', 0) / max(w.shape[0], 1):.1%}")
     c[3].metric("W sha256", w.sha256[:12])
     st.caption("Kinds: " + ", ".join(f"{k} {n:,}" for k, n in counts.items()))
-    st.page_link("pages/projection.py", label="Inspect rows on the Projection page", icon="🧮")
+    st.page_link("app_pages/projection.py", label="Inspect rows on the Projection page", icon=":material/grid_on:")
 
 with st.expander("Load a W file built elsewhere (.safetensors from `xtok build-w`)"):
     wfile = st.file_uploader("W (.safetensors)", type=["safetensors"], key="upload_w",

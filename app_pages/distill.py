@@ -30,9 +30,10 @@ def model_field(label: str, tok_name: str, key: str) -> str:
     kind = st.radio(label, (f"tiny:{tok_name}", "local model directory"), key=f"{key}_kind", horizontal=True,
                     help="`tiny:<tokenizer>` is a small Llama-style model sized to that tokenizer (the demo); a local "
                          "directory is any Hugging Face causal LM (no remote code).")
-    if kind == "local model directory":
-        return st.text_input(f"{label}: directory", key=f"{key}_dir", placeholder="/models/my-model").strip()
-    return kind
+    # (in a form nothing reruns before submit, so the directory field is always there)
+    path = st.text_input(f"{label} model directory (when “local model directory” is picked)", key=f"{key}_dir",
+                         placeholder="/models/my-model").strip()
+    return path if kind == "local model directory" else kind
 
 
 st.subheader("New run")

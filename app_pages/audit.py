@@ -46,15 +46,14 @@ for c in cats:
         row += ["—" if c.occurrences is None else f"{c.occurrences:,}",
                 "—" if c.weighted_coverage is None else f"{c.weighted_coverage:.1%}"]
     rows.append(row)
-left, right = st.columns([3, 2])
-left.markdown(table_html(headers, rows, css_class="xtok-audit", numeric={2, 3, 4, 5, 6}), unsafe_allow_html=True)
+st.markdown(table_html(headers, rows, css_class="xtok-audit", numeric={2, 3, 4, 5, 6}), unsafe_allow_html=True)
 fig = go.Figure(go.Bar(y=[c.name for c in cats], x=[c.coverage or 0 for c in cats], orientation="h",
                        marker_color=["#d8593b" if c.critical and (c.coverage or 0) < threshold else "#3b6fd8" for c in cats],
                        text=["—" if c.coverage is None else f"{c.coverage:.0%}" for c in cats], textposition="outside"))
 fig.add_vline(x=threshold, line_dash="dash", line_color="grey", annotation_text=f"threshold {threshold:.2f}")
-fig.update_layout(height=300, margin=dict(l=10, r=30, t=30, b=10), xaxis=dict(range=[0, 1.12], tickformat=".0%"),
-                  yaxis=dict(autorange="reversed"))
-right.plotly_chart(fig, key="coverage")
+fig.update_layout(height=260, margin=dict(l=10, r=30, t=30, b=10), xaxis=dict(range=[0, 1.12], tickformat=".0%"),
+                  yaxis=dict(autorange="reversed"), title=dict(text="Exact-match coverage by category", font=dict(size=14)))
+st.plotly_chart(fig, key="coverage")
 with st.expander("Category definitions"):
     for c in cats:
         st.markdown(f"- **{c.name}**: {c.definition}")
@@ -72,11 +71,11 @@ else:
     for s in ids[:limit]:
         r = report.rows.get(s)
         if r is not None:
-            pieces = "  ".join(f"{visible_bytes(p.text.encode('utf-8'))} {p.weight:.3f}" for p in r.pieces)
+            pieces = ",  ".join(f"{visible_bytes(p.text.encode('utf-8'))} → {p.weight:.3f}" for p in r.pieces)
             out.append([s, visible_bytes(student.token_bytes[s], r.text), r.kind, pieces, "" if r.occurrences is None else r.occurrences])
         else:
             ex = w.explain(s)
-            pieces = "  ".join(f"{visible_bytes(p.bytes, p.text)} {p.weight:.3f}" for p in ex.pieces)
+            pieces = ",  ".join(f"{visible_bytes(p.bytes, p.text)} → {p.weight:.3f}" for p in ex.pieces)
             out.append([s, visible_bytes(student.token_bytes[s], ex.student_text), ex.kind, pieces, ""])
     st.markdown(table_html(["student id", "token", "kind", "teacher pieces and weights", "corpus count"], out,
                            css_class="xtok-unmatched", numeric={0, 4}, mono={1, 3}), unsafe_allow_html=True)

@@ -1,0 +1,420 @@
+"""Specification of the cross-tokenizer KD losses (SPEC §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xtok_core.errors import XtokError
+from xtok_core.losses import (
+    DistillLoss, Teacher, as_sparse_w, gold_loss, hkl_loss, identity_w, kl_loss, pkl_loss, uld_loss,
+)
+from xtok_core.losses.functional import pkl_rows
+
+V_S, V_T = 7, 9
+LOSSES = {"pkl": pkl_loss, "hkl": hkl_loss, "gold": gold_loss, "uld": lambda s, t, W, **kw: uld_loss(s, t, **kw)}
+
+
+def tiny_w(dtype=torch.float64) -> torch.Tensor:
+    """A 7 x 9 W with every row kind the losses care about; column 8 is reached by no row.
+
+    row 0: exact to 0; row 1: exact to 1; row 2: exact to 1 as well (GOLD collision: row 1 wins);
+    row 3: 0.909 / 0.091 (H-KL joins with 3); row 4: 0.5 / 0.5 (H-KL: no); row 5: 0.7 to 6, row 6: 0.8 to 6
+    (H-KL collision: row 6 wins).
+    """
+    rows = [0, 1, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    cols = [0, 1, 1, 3, 4, 2, 5, 6, 7, 6, 2]
+    vals = [1.0, 1.0, 1.0, 0.909, 0.091, 0.5, 0.5, 0.7, 0.3, 0.8, 0.2]
+    return torch.sparse_coo_tensor(torch.tensor([rows, cols]), torch.tensor(vals, dtype=dtype), (V_S, V_T)).coalesce()
+
+
+@dataclass
+class FakeAlignment:
+    """The fields of align_batch's BatchAlignment, built from group sizes."""
+
+    student_ids: torch.Tensor
+    student_mask: torch.Tensor
+    teacher_ids: torch.Tensor
+    teacher_mask: torch.Tensor
+    student_group: torch.Tensor
+    teacher_group: torch.Tensor
+    s_start: torch.Tensor
+    s_end: torch.Tensor
+    t_start: torch.Tensor
+    t_end: torch.Tensor
+    group_mask: torch.Tensor
+
+
+def make_alignment(groups_per_seq, v_s=V_S, v_t=V_T, seed=0) -> FakeAlignment:
+    """groups_per_seq: per sequence, a list of (student tokens, teacher tokens) per group."""
+    g = torch.Generator().manual_seed(seed)
+    t_s = max(sum(a for a, _ in gs) for gs in groups_per_seq)
+    t_t = max(sum(b for _, b in gs) for gs in groups_per_seq)
+    n_g = max(len(gs) for gs in groups_per_seq)
+    bsz = len(groups_per_seq)
+    f = dict(student_group=torch.full((bsz, t_s), -1), teacher_group=torch.full((bsz, t_t), -1),
+             s_start=torch.full((bsz, n_g), -1), s_end=torch.full((bsz, n_g), -1),
+             t_start=torch.full((bsz, n_g), -1), t_end=torch.full((bsz, n_g), -1),
+             group_mask=torch.zeros(bsz, n_g, dtype=torch.bool))
+    for b, gs in enumerate(groups_per_seq):
+        i = j = 0
+        for k, (a, c) in enumerate(gs):
+            f["student_group"][b, i:i + a] = k
+            f["teacher_group"][b, j:j + c] = k
+            f["s_start"][b, k], f["s_end"][b, k] = i, i + a - 1
+            f["t_start"][b, k], f["t_end"][b, k] = j, j + c - 1
+            f["group_mask"][b, k] = True
+            i, j = i + a, j + c
+    return FakeAlignment(
+        student_ids=torch.randint(0, v_s, (bsz, t_s), generator=g), student_mask=f["student_group"] >= 0,
+        teacher_ids=torch.randint(0, v_t, (bsz, t_t), generator=g), teacher_mask=f["teacher_group"] >= 0, **f)
+
+
+GROUPS = [[(1, 1), (2, 1), (1, 3), (2, 2), (1, 1), (1, 2)], [(1, 1), (1, 2), (3, 1), (1, 1)]]
+
+
+def batch_logits(al, v_s=V_S, v_t=V_T, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    zs = torch.randn(*al.student_mask.shape, v_s, generator=g, dtype=dtype) * 2
+    zt = torch.randn(*al.teacher_mask.shape, v_t, generator=g, dtype=dtype) * 2
+    return zs.requires_grad_(), zt
+
+
+# ---------------------------------------------------------------- zero loss for equal distributions
+@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold"])
+def test_identical_distributions_give_zero_loss_under_identity_w(kind):
+    z = torch.randn(16, 50) * 3
+    loss = LOSSES[kind](z.clone().requires_grad_(), z, identity_w(50), temperature=2.0)
+    assert abs(float(loss.detach())) < 1e-6
+
+
+def test_same_logits_give_positive_loss_under_a_non_identity_w():
+    z = torch.randn(16, V_S, dtype=torch.float64)
+    assert float(pkl_loss(z, torch.randn(16, V_T, dtype=torch.float64), tiny_w())) > 0.01
+
+
+def test_uld_is_zero_for_permuted_equal_distributions_of_different_widths():
+    zs = torch.randn(8, 40) * 2
+    zt = torch.full((8, 64), -torch.inf)  # 24 extra teacher tokens with probability 0: the zero padding
+    perm = torch.randperm(64)[:40]
+    zt[:, perm] = zs
+    assert abs(float(uld_loss(zs.requires_grad_(), zt))) < 1e-6
+    assert float(uld_loss(zs, zt.roll(1, dims=0))) > 0.01
+
+
+# ---------------------------------------------------------------- finite-difference gradients
+@pytest.mark.parametrize("position", ["boundary", "chunk_mean", "chain"])
+@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold", "uld"])
+def test_gradients_match_finite_differences_with_fixed_w(kind, position):
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al)
+    loss = DistillLoss(Teacher(tiny_w(), loss=kind), position=position, kd_weight=0.7, temperature=1.5,
+                       uncommon_topk=3, chunk_size=3)
+    assert torch.autograd.gradcheck(lambda z: loss(z, zt, al)[0], (zs,))
+
+
+@pytest.mark.parametrize("position", ["boundary", "chunk_mean", "chain"])
+def test_gradients_match_finite_differences_with_learned_w(position):
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al)
+    loss = DistillLoss(Teacher(tiny_w(), learnable=True), position=position, kd_weight=0.7, chunk_size=3)
+    theta = (loss.learned["teacher0"].logits.detach().double() + 0.3 * torch.randn(11, dtype=torch.float64))
+
+    def f(z, th):
+        return torch.func.functional_call(loss, {"learned.teacher0.logits": th}, (z, zt, al))[0]
+
+    assert torch.autograd.gradcheck(f, (zs, theta.requires_grad_()))
+
+
+@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold", "uld"])
+def test_row_losses_gradients_match_finite_differences_with_log_offsets(kind):
+    g = torch.Generator().manual_seed(3)
+    zs = torch.randn(5, V_S, generator=g, dtype=torch.float64, requires_grad=True)
+    zt = torch.randn(5, V_T, generator=g, dtype=torch.float64)
+    off = (-torch.rand(5, generator=g, dtype=torch.float64)).requires_grad_()
+    t_off = -torch.rand(5, generator=g, dtype=torch.float64)
+    f = LOSSES[kind]
+    assert torch.autograd.gradcheck(
+        lambda z, o: f(z, zt, tiny_w(), temperature=0.7, chunk_size=2, student_log_offset=o,
+                       teacher_log_offset=t_off), (zs, off))
+
+
+# ---------------------------------------------------------------- chunked == naive
+@pytest.mark.parametrize("chunk_size", [1, 7, 16, 40, 1000])
+@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold", "uld"])
+def test_chunked_path_equals_naive_dense_path(kind, chunk_size):
+    """N = 40 rows: chunk sizes that divide it, that don't (7), and one larger than N."""
+    g = torch.Generator().manual_seed(5)
+    v_s, v_t = 300, 420
+    nnz = 3 * v_s
+    rows = torch.arange(v_s).repeat_interleave(3)
+    cols = torch.randint(0, v_t - 20, (nnz,), generator=g)
+    W = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.rand(nnz, generator=g), (v_s, v_t)).coalesce()
+    zs = (torch.randn(40, v_s, generator=g) * 3).requires_grad_()
+    zt = torch.randn(40, v_t, generator=g) * 3
+    f = LOSSES[kind]
+    fast = f(zs, zt, W, temperature=2.0, chunk_size=chunk_size)
+    (g_fast,) = torch.autograd.grad(fast, zs)
+    ref = f(zs, zt, W, temperature=2.0, naive=True)
+    (g_ref,) = torch.autograd.grad(ref, zs)
+    assert abs(float(fast) - float(ref)) < 1e-6
+    assert float((g_fast - g_ref).abs().max()) < 1e-6
+
+
+def test_chunked_learned_w_gradient_equals_naive():
+    g = torch.Generator().manual_seed(6)
+    sw = as_sparse_w(tiny_w(torch.float32))
+    values = (sw.values + 0.1 * torch.rand(11, generator=g)).requires_grad_()
+    zs = torch.randn(13, V_S, generator=g).requires_grad_()
+    zt = torch.randn(13, V_T, generator=g)
+    grads = []
+    for kw in ({"chunk_size": 4}, {"naive": True}):
+        rows, _ = pkl_rows(zs, zt, sw, values=values, **kw)
+        grads.append(torch.autograd.grad(rows.mean(), [zs, values]))
+    for a, b in zip(*grads):
+        assert float((a - b).abs().max()) < 1e-6
+
+
+def test_bf16_logits_are_computed_in_fp32():
+    g = torch.Generator().manual_seed(7)
+    zs = torch.randn(12, V_S, generator=g).bfloat16().requires_grad_()
+    zt = torch.randn(12, V_T, generator=g).bfloat16()
+    loss = pkl_loss(zs, zt, tiny_w(torch.float32), chunk_size=5)
+    assert loss.dtype == torch.float32
+    assert abs(float(loss) - float(pkl_loss(zs.float(), zt.float(), tiny_w(torch.float32)))) < 1e-6
+    (grad,) = torch.autograd.grad(loss, zs)
+    assert grad.dtype == torch.bfloat16 and bool(torch.isfinite(grad).all())
+
+
+# ---------------------------------------------------------------- P-KL's unreachable teacher mass
+def test_unreachable_teacher_mass_is_reported_and_adds_no_gradient():
+    zs = torch.randn(4, V_S, dtype=torch.float64, requires_grad=True)
+    zt = torch.randn(4, V_T, dtype=torch.float64)
+    _, stats = pkl_loss(zs, zt, tiny_w(), return_stats=True)
+    assert stats["unreachable_mass"] == pytest.approx(float(torch.softmax(zt, -1)[:, 8].mean()))
+    zt_more = zt.clone()
+    zt_more[:, 8] += 2.0  # more mass on column 8, which no student row reaches
+    (g1,) = torch.autograd.grad(pkl_loss(zs, zt, tiny_w()), zs)
+    p, p_more = torch.softmax(zt, -1), torch.softmax(zt_more, -1)
+    # the reachable teacher distribution shrinks uniformly, so the student gradient scales by the same factor
+    (g2,) = torch.autograd.grad(pkl_loss(zs, zt_more, tiny_w()), zs)
+    scale = (p_more[:, :8].sum(-1) / p[:, :8].sum(-1))[:, None]
+    assert torch.allclose(g2, g1 * scale, atol=1e-12)
+
+
+# ---------------------------------------------------------------- common sets
+def test_hkl_common_set_threshold_and_collisions():
+    common = as_sparse_w(tiny_w()).common_set("top1", 0.6)
+    pairs = dict(zip(common.student.tolist(), common.teacher.tolist()))
+    assert pairs[3] == 3  # top-1 weight 0.909 joins
+    assert 4 not in pairs  # top-1 weight 0.5 does not
+    assert pairs[6] == 6 and 5 not in pairs  # column 6 claimed by 0.7 and 0.8: the highest weight wins
+    assert pairs[1] == 1 and 2 not in pairs  # column 1 claimed twice at 1.0: the lowest student id wins
+    assert sorted(common.student_rest.tolist()) == [2, 4, 5] and 1 not in common.teacher_rest.tolist()
+
+
+def test_gold_common_set_is_the_exact_rows_lowest_student_wins():
+    common = as_sparse_w(tiny_w()).common_set("exact")
+    assert dict(zip(common.student.tolist(), common.teacher.tolist())) == {0: 0, 1: 1}
+
+
+def test_hkl_common_set_on_the_default_pair(projection, default_pair):
+    W = projection()
+    llama, qwen = default_pair
+    s_id = {b: i for i, b in enumerate(llama.token_bytes) if b is not None}
+    t_id = {b: i for i, b in enumerate(qwen.token_bytes) if b is not None}
+    common = as_sparse_w(W).common_set("top1")
+    pairs = dict(zip(common.student.tolist(), common.teacher.tolist()))
+    # "lardan" -> Qwen "lard" (0.909) + "an" (0.091): nobody else claims "lard", so it joins
+    assert W.row(s_id[b"lardan"])[1][0] == pytest.approx(0.90909, abs=1e-4)
+    assert pairs[s_id[b"lardan"]] == t_id[b"lard"]
+    # "2" (exact, 1.0), "22" (-> "2","2", one column at 1.0) and "202" (-> "2" at 0.90991) all claim Qwen "2":
+    # the highest weight wins, the tie between "2" and "22" goes to the lowest student id
+    assert W.row(s_id[b"202"])[1][0] == pytest.approx(0.90991, abs=1e-5)
+    assert pairs[s_id[b"2"]] == t_id[b"2"]
+    assert s_id[b"22"] not in pairs and s_id[b"202"] not in pairs
+    assert len(set(pairs.values())) == len(pairs)
+
+
+def test_gold_common_set_on_the_default_pair_is_exact_rows(projection, default_pair):
+    W = projection()
+    llama, _ = default_pair
+    common = as_sparse_w(W).common_set("exact")
+    assert (W.kinds[common.student.numpy()] == 0).all()
+    assert int((W.kinds == 0).sum()) >= len(common.student) > 100_000
+    s_id = {b: i for i, b in enumerate(llama.token_bytes) if b is not None}
+    assert s_id[b"2"] in set(common.student.tolist()) and s_id[b"202"] not in set(common.student.tolist())
+
+
+def test_pkl_on_the_default_pair_model_widths_reports_padding_columns_unreachable(projection):
+    W = projection(teacher_vocab_size=151936)
+    assert W.shape == (128256, 151936)
+    g = torch.Generator().manual_seed(8)
+    zs = torch.randn(3, 128256, generator=g).requires_grad_()
+    zt = torch.randn(3, 151936, generator=g)
+    zt[:, 151665:] = -torch.inf
+    _, stats = pkl_loss(zs, zt, W, return_stats=True, chunk_size=2)
+    unreached = ~as_sparse_w(W).reachable
+    assert bool(unreached[151665:].all())
+    expected = float(torch.softmax(zt, -1)[:, unreached].sum(-1).mean())
+    assert stats["unreachable_mass"] == pytest.approx(expected, abs=1e-7)
+    zt[:, 151700] = 5.0  # a padding column the teacher likes: its mass is reported
+    _, stats = pkl_loss(zs, zt, W, return_stats=True)
+    assert stats["unreachable_mass"] > 0.9 * float(torch.softmax(zt, -1)[:, 151700].mean())
+
+
+def test_wrong_w_shape_is_a_one_line_error():
+    with pytest.raises(XtokError, match="vocabularies 7 .* and 10"):
+        pkl_loss(torch.randn(2, V_S), torch.randn(2, 10), tiny_w())
+
+
+def test_dense_w_is_refused():
+    with pytest.raises(XtokError, match="dense"):
+        pkl_loss(torch.randn(2, V_S), torch.randn(2, V_T), tiny_w().to_dense())
+
+
+# ---------------------------------------------------------------- DistillLoss
+def test_dynamic_scaling_makes_kd_term_equal_ce_without_gradient_through_lambda():
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al)
+    dl = DistillLoss(Teacher(tiny_w()))
+    loss, stats = dl(zs, zt, al)
+    assert stats["lambda"] * stats["kd"] == pytest.approx(stats["ce"], rel=1e-12)
+    assert float(loss) == pytest.approx(2 * stats["ce"], rel=1e-12)
+    (g,) = torch.autograd.grad(loss, zs)
+    (g_ce,) = torch.autograd.grad(dl.ce(zs, al.student_ids, al.student_mask), zs)
+    (g_kd,) = torch.autograd.grad(DistillLoss(Teacher(tiny_w()), kd_weight=1.0, ce_weight=0.0)(zs, zt, al)[0], zs)
+    assert torch.allclose(g, g_ce + stats["lambda"] * g_kd, atol=1e-12)
+
+
+def test_fixed_kd_weight_is_the_ablation():
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al)
+    loss, stats = DistillLoss(Teacher(tiny_w()), kd_weight=0.25)(zs, zt, al)
+    assert stats["lambda"] == 0.25 and float(loss) == pytest.approx(stats["ce"] + 0.25 * stats["kd"])
+
+
+def test_temperature_scales_kd_by_tau_squared():
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al)
+    _, s1 = DistillLoss(Teacher(tiny_w()), kd_weight=1.0, temperature=2.0)(zs, zt, al)
+    rows = pkl_rows(zs.detach()[al.student_mask][[0]], zt[al.teacher_mask][[0]], tiny_w(), temperature=2.0)[0]
+    assert s1["kd"] > 0 and float(rows[0]) > 0  # sanity on the pieces compared below
+    from xtok_core.losses import aligned_rows
+    r = aligned_rows(zs.detach(), zt, al, temperature=2.0)
+    direct = float(pkl_loss(r.student, r.teacher, tiny_w(), temperature=2.0))
+    assert s1["kd"] == pytest.approx(direct)
+    assert direct == pytest.approx(4.0 * float(pkl_rows(r.student, r.teacher, tiny_w(), temperature=2.0)[0].mean()))
+
+
+def test_same_tokenizer_teacher_equals_plain_kl_in_a_multi_teacher_loss():
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al)
+    z_same = torch.randn(*zs.shape, dtype=torch.float64)
+    dl = DistillLoss([Teacher(tiny_w(), alpha=0.3, name="cross"), Teacher(None, alpha=0.7, name="same")],
+                     kd_weight=1.0)
+    loss, stats = dl(zs, [zt, z_same], [al, None])
+    keep = al.student_mask[:, :-1] & al.student_mask[:, 1:]
+    plain = F.kl_div(torch.log_softmax(zs[:, :-1][keep], -1), torch.log_softmax(z_same[:, :-1][keep], -1),
+                     log_target=True, reduction="batchmean")
+    assert stats["kd/same"] == pytest.approx(float(plain), rel=1e-10)
+    assert stats["kd"] == pytest.approx(0.3 * stats["kd/cross"] + 0.7 * stats["kd/same"], rel=1e-12)
+    assert float(loss) == pytest.approx(stats["ce"] + stats["kd"], rel=1e-12)
+
+
+def test_position_modes_agree_on_one_to_one_groups_and_differ_on_merged_ones():
+    one_to_one = make_alignment([[(1, 1)] * 6, [(1, 1)] * 4])
+    zs, zt = batch_logits(one_to_one)
+    values = {p: DistillLoss(Teacher(tiny_w()), position=p, kd_weight=1.0)(zs, zt, one_to_one)[1]["kd"]
+              for p in ("boundary", "chunk_mean", "chain")}
+    assert values["chunk_mean"] == pytest.approx(values["boundary"]) == values["chain"]
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al)
+    merged = {p: DistillLoss(Teacher(tiny_w()), position=p, kd_weight=1.0)(zs, zt, al)[1]["kd"]
+              for p in ("boundary", "chunk_mean", "chain")}
+    assert len({round(v, 9) for v in merged.values()}) == 3
+
+
+def test_chain_mode_multiplies_by_the_later_actual_tokens_probabilities():
+    # one sequence: group 0 = 1:1, group 1 = 2 student tokens : 1 teacher token
+    al = make_alignment([[(1, 1), (2, 1), (1, 1)]])
+    zs, zt = batch_logits(al)
+    from xtok_core.losses import aligned_rows
+    r = aligned_rows(zs, zt, al, position="chain")
+    # pair 0 is group 0's boundary (positions 0 / 0) predicting group 1 = student tokens 1, 2
+    lp = torch.log_softmax(zs[0, 1], -1)[al.student_ids[0, 2]]
+    assert float(r.student_offset[0]) == pytest.approx(float(lp))
+    assert float(r.teacher_offset[0]) == 0.0
+    assert torch.equal(r.student[0], zs[0, 0])
+
+
+def test_pairs_skip_the_last_group_and_padding():
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al)
+    _, stats = DistillLoss(Teacher(tiny_w()))(zs, zt, al)
+    assert stats["pairs/teacher0"] == (len(GROUPS[0]) - 1) + (len(GROUPS[1]) - 1)
+
+
+def test_learned_w_starts_at_w_keeps_rows_stochastic_and_has_its_own_lr():
+    dl = DistillLoss(Teacher(tiny_w(torch.float32), learnable=True))
+    lw = dl.learned["teacher0"]
+    assert torch.allclose(lw.values(), as_sparse_w(tiny_w(torch.float32)).values, atol=1e-6)
+    (group,) = dl.param_groups(lr_w=1e-2)
+    assert group["lr"] == 1e-2 and group["params"] == [lw.logits]
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al, dtype=torch.float32)
+    opt = torch.optim.SGD(dl.param_groups(lr_w=0.5))
+    before = dl(zs.detach(), zt, al)[1]["kd"]
+    for _ in range(5):
+        opt.zero_grad()
+        dl(zs.detach(), zt, al)[0].backward()
+        opt.step()
+    assert dl(zs.detach(), zt, al)[1]["kd"] < before
+    row_sums = np.asarray(lw.matrix().sum(axis=1)).ravel()
+    assert np.allclose(row_sums, 1.0, atol=1e-6)
+    assert lw.matrix().nnz == 11  # the sparsity pattern is fixed
+
+
+def test_learnable_w_is_refused_for_losses_that_do_not_use_its_values():
+    with pytest.raises(XtokError, match="learnable W needs a P-KL teacher"):
+        DistillLoss(Teacher(tiny_w(), loss="hkl", learnable=True))
+
+
+def test_alignment_for_another_batch_is_a_one_line_error():
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al)
+    with pytest.raises(XtokError, match="alignment is for"):
+        DistillLoss(Teacher(tiny_w()))(zs[:, :-1], zt, al)
+
+
+def test_boundary_pairs_through_align_batch_on_the_default_pair(projection, default_pair):
+    """A teacher whose distribution at every group boundary is exactly the student's projected one gives
+    P-KL ~ 0: the rows DistillLoss pairs are the (s_end, t_end) of consecutive text groups of align_spans."""
+    align = pytest.importorskip("xtok_core.align")
+    llama, qwen = default_pair
+    W = projection()
+    texts = ["Total: $1,234.56 on 2024-03-15.", "for i in range(10):\n    x += 202"]
+    al = align.align_batch(texts, llama, qwen, add_special_tokens=True)
+    g = torch.Generator().manual_seed(9)
+    zs = torch.randn(*al.student_ids.shape, W.shape[0], generator=g).requires_grad_()
+    zt = torch.randn(*al.teacher_ids.shape, W.shape[1], generator=g)
+    bos = int(al.student_ids[0, 0] == llama.roles["bos"])
+    w_t = as_sparse_w(W).matrix_t()
+    expected = 0
+    for b, text in enumerate(texts):
+        groups = [gr for gr in align.align_spans(text, llama, qwen).groups if gr.kind != "special"]
+        for gr, nxt in zip(groups, groups[1:]):
+            s_pos, t_pos = gr.student[-1] + bos, gr.teacher[-1]
+            q = (w_t @ torch.softmax(zs[b, s_pos].detach(), -1)[:, None])[:, 0]
+            zt[b, t_pos] = q.log()
+            expected += 1
+    loss, stats = DistillLoss(Teacher(W), kd_weight=1.0)(zs, zt, al)
+    assert stats["pairs/teacher0"] == expected > 20
+    assert abs(stats["kd/teacher0"]) < 1e-4  # only the ε = 1e-10 smoothing over ~150k columns
+    assert stats["unreachable_mass/teacher0"] == 0.0
+    loss.backward()
+    assert bool(torch.isfinite(zs.grad).all())

@@ -1,0 +1,385 @@
+"""The distillation loop: set up, then one training step read top to bottom.
+
+    texts  -> (on-policy: student samples, decoded)      data.py
+           -> every tokenizer encodes the text, aligned   align_batch
+           -> student logits, teacher logits (no grad)
+           -> CE + λ·Σ α_m KD_m                           losses.DistillLoss
+           -> backward, clip, AdamW step
+           -> metrics line, eval, checkpoint              rundir.py / evaluate.py
+
+Runs under `torchrun --nproc_per_node N` as DDP (gloo on CPU, NCCL on GPU): every rank reads its own
+slice of each step's data, rank 0 owns the run directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from ..errors import XtokError
+from .config import DistillConfig
+from .data import TextBatches, decode_samples, encode_padded, sample_continuations, split_prompt
+from .evaluate import arithmetic_accuracy
+from .models import LoadedModel, build_tiny, is_tiny, load_model_dir
+from .rundir import RunDir
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    state: str                      # finished | stopped | failed
+    step: int                       # steps completed
+    metrics: list = field(default_factory=list)
+    error: str | None = None
+    student: "LoadedModel | None" = None
+
+    @property
+    def final_accuracy(self) -> float | None:
+        acc = [m["eval_accuracy"] for m in self.metrics if "eval_accuracy" in m]
+        return acc[-1] if acc else None
+
+
+@dataclass
+class RunHooks:
+    """Test and integration points; none is needed for a normal run."""
+
+    before_step: Callable | None = None   # f(step, state dict) before each step's forward pass
+
+
+# ------------------------------------------------------------------------ setup
+def _distributed(cfg: DistillConfig) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device(cfg.device if cfg.device not in ("auto", "cuda") else "cpu")
+
+
+def _model(spec: str, cfg: DistillConfig, *, teacher: bool) -> LoadedModel:
+    if not is_tiny(spec):
+        return load_model_dir(spec)
+    if teacher and cfg.train_demo_teacher:
+        from .teacher import train_teacher
+
+        return load_model_dir(train_teacher(spec[len("tiny:"):], steps=cfg.teacher_steps, runs_dir=cfg.runs_dir,
+                                            device=cfg.device))
+    return build_tiny(spec, dim=cfg.tiny_dim, layers=cfg.tiny_layers, seed=cfg.seed)
+
+
+_W_CACHE: dict = {}
+
+
+def _projection(student: LoadedModel, teacher: LoadedModel, path: str | None):
+    """W for one teacher, sized to both models' logits; from a file when given, else built (cached)."""
+    from ..projection import Projection, build_projection
+
+    if path:
+        w = Projection.load(path, student=student.tok, teacher=teacher.tok)
+    else:
+        key = (student.tok.sha256, teacher.tok.sha256, student.vocab_size, teacher.vocab_size)
+        if key not in _W_CACHE:
+            _W_CACHE[key] = build_projection(student.tok, teacher.tok, student_vocab_size=student.vocab_size,
+                                             teacher_vocab_size=teacher.vocab_size)
+        w = _W_CACHE[key]
+    w.check_logits(student.vocab_size, teacher.vocab_size)
+    return w
+
+
+def resolve_loss(cfg: DistillConfig, student: LoadedModel, teachers: list) -> tuple[str, str | None]:
+    """`auto` -> the coverage audit's recommendation for the first teacher (P-KL if numerals, prices,
+    dates or code are poorly covered by exact matches, else H-KL)."""
+    if cfg.loss != "auto":
+        return cfg.loss, None
+    try:
+        from ..audit import coverage_audit
+    except ImportError:
+        return "pkl", "loss auto: the coverage audit is not available, using pkl"
+    report = coverage_audit(student.tok, teachers[0].tok)
+    loss = {"P-KL": "pkl", "H-KL": "hkl"}[report.recommendation]
+    return loss, f"loss auto -> {loss}: {report.reason}"
+
+
+def _lr_at(step: int, cfg: DistillConfig) -> float:
+    """Linear warm-up, then cosine decay to lr/10."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, XtokError) else f"{type(e).__name__}: {text[:300]}"
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+class _StopFlag:
+    """SIGTERM asks the loop to checkpoint and stop after the current step."""
+
+    def __init__(self):
+        self.set = False
+        self._previous = None
+
+    def install(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside the app's worker): no signal handling
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        self.set = True
+
+    def uninstall(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# ------------------------------------------------------------------------ the run
+def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool = False, hooks: RunHooks | None = None,
+                     progress: bool = True, log: Callable = print) -> RunResult:
+    """Train `config.student` against `config.teachers`, writing the run directory `out`.
+
+    resume=True continues the run in `out` from its latest checkpoint (the config is read from the
+    directory; `config.steps` may extend it). Failures are recorded in status.json and re-raised as
+    XtokError with one line; metrics and the last checkpoint stay.
+    """
+    cfg, hooks = config, hooks or RunHooks()
+    rank, world, device = _distributed(cfg)
+    main = rank == 0
+    run = RunDir(out)
+    if not resume and main:
+        run.create(cfg.to_dict())
+    if world > 1:
+        dist.barrier()
+    step, result = 0, None
+    stop = _StopFlag()
+    stop.install()
+    try:
+        if main:
+            run.write_status("running", step=0, steps=cfg.steps)
+        torch.manual_seed(cfg.seed + rank)
+        # -- models ---------------------------------------------------------------------------
+        student = _model(cfg.student, cfg, teacher=False)
+        teachers = [_model(t, cfg, teacher=True) for t in cfg.teachers] if cfg.loss != "ce" else []
+        loss_name, note = resolve_loss(cfg, student, teachers)
+        if note and main:
+            log(note)
+        student.model.to(device).train()
+        for t in teachers:
+            t.model.to(device).eval().requires_grad_(False)
+        objective = _objective(cfg, loss_name, student, teachers).to(device)
+        model = torch.nn.parallel.DistributedDataParallel(student.model) if world > 1 else student.model
+        groups = [{"params": [p for p in student.model.parameters() if p.requires_grad], "lr": cfg.lr, "base_lr": cfg.lr}]
+        if list(objective.parameters()):
+            groups.append({"params": list(objective.parameters()), "lr": cfg.w_lr, "base_lr": cfg.w_lr, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+        ckpt = run.latest_checkpoint() if resume else None
+        if ckpt is not None:
+            step = run.load_checkpoint(ckpt, student.model, optimizer, objective) + 1
+            if main:
+                run.truncate_metrics(step - 1)
+        elif resume and main:
+            run.truncate_metrics(-1)
+        batches = TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+        n_on_policy = round(cfg.on_policy_ratio * cfg.batch_size)
+        t_start, last_saved = time.time(), step - 1
+        bar = _progress(progress and main, step, cfg.steps)
+
+        while step < cfg.steps:
+            t0 = time.time()
+            if hooks.before_step:
+                hooks.before_step(step, {"student": student, "teachers": teachers, "objective": objective,
+                                         "optimizer": optimizer, "device": device})
+            lr_scale = _lr_at(step, cfg) / cfg.lr
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * lr_scale
+            # -- 1. the text of this step: corpus, with some rows replaced by student samples --
+            texts = batches(step)
+            if n_on_policy:
+                prompts = [split_prompt(t) for t in texts[:n_on_policy]]
+                with autocast:
+                    cont = sample_continuations(student.model, student.tok, prompts, max_new_tokens=cfg.max_new_tokens,
+                                                temperature=cfg.sample_temperature, max_length=cfg.seq_len, device=device)
+                texts[:n_on_policy] = decode_samples(student.tok, prompts, cont)
+            # -- 2. every tokenizer encodes the same text; other tokenizers are aligned to the student --
+            views = [None if _same_tokenizer(student, t) else _align(texts, student, t, cfg.seq_len).to(device)
+                     for t in teachers]
+            first = next((v for v in views if v is not None), None)
+            if first is not None:
+                s_ids, s_mask = first.student_ids, first.student_mask
+            else:
+                s_ids, s_mask = encode_padded(student.tok, texts, cfg.seq_len)
+            s_ids, s_mask = s_ids.to(device), s_mask.to(device)
+            # CE only on corpus rows: the student's own samples are not targets to imitate
+            labels = ce_labels(s_ids, s_mask, torch.arange(len(texts), device=device) >= n_on_policy)
+            # -- 3. forward passes (teachers without grad) --
+            with autocast:
+                s_logits = model(input_ids=s_ids, attention_mask=s_mask.long()).logits
+                with torch.no_grad():
+                    t_logits = [t.model(input_ids=v.teacher_ids if v is not None else s_ids,
+                                        attention_mask=(v.teacher_mask if v is not None else s_mask).long()).logits
+                                for t, v in zip(teachers, views)]
+            # -- 4. loss: CE + λ·Σ α_m KD_m, in fp32 --
+            loss, stats = objective(s_logits.float(), [z.float() for z in t_logits], views, input_ids=s_ids,
+                                    attention_mask=s_mask, labels=labels)
+            # -- 5. update --
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _sync_objective_grads(objective, world)
+            grad_norm = torch.nn.utils.clip_grad_norm_(student.model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            # -- 6. bookkeeping --
+            n_tokens = int(s_mask.sum()) * world
+            dt = time.time() - t0
+            row = {"step": step, "loss": float(loss.detach()), "lr": _lr_at(step, cfg), "grad_norm": float(grad_norm),
+                   "tokens": n_tokens, "tokens_per_s": n_tokens / max(dt, 1e-9), "step_time": dt,
+                   "wall_time": time.time(), "elapsed": time.time() - t_start, "on_policy": n_on_policy / len(texts),
+                   **stats}
+            if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and main:
+                with autocast:
+                    ev = arithmetic_accuracy(student.model, student.tok, n=cfg.eval_size, device=device)
+                row["eval_accuracy"] = ev["accuracy"]
+            if main:
+                run.append_metrics(row)
+            stopping = _agree(stop.set, world, device)
+            step += 1
+            if main:
+                run.write_status("running", step=step, steps=cfg.steps)
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if main and (step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping):
+                run.save_checkpoint(step - 1, student.model, optimizer, objective, keep=cfg.keep_checkpoints)
+                last_saved = step - 1
+            if stopping:
+                break
+
+        state = "finished" if step >= cfg.steps else "stopped"
+        if main:
+            if bar:
+                bar.close()
+            run.write_status(state, step=step, steps=cfg.steps, checkpoint=f"step-{last_saved}" if last_saved >= 0 else None)
+        _record_replica(run, rank, step, student.model)
+        result = RunResult(run.path, state, step, run.read_metrics() if main else [], None, student)
+    except BaseException as e:  # noqa: BLE001 - every failure is recorded before it propagates
+        msg = _one_line(e)
+        if _is_oom(e):
+            msg = (f"out of memory at step {step} (batch {cfg.batch_size} x {cfg.seq_len} tokens); lower --batch-size or "
+                   f"--seq-len and continue with xtok distill --resume {run.path}")
+        if isinstance(e, KeyboardInterrupt):
+            msg = "interrupted; continue with xtok distill --resume " + str(run.path)
+        if main:
+            run.write_status("failed" if not isinstance(e, KeyboardInterrupt) else "stopped", step=step, steps=cfg.steps, error=msg)
+        if isinstance(e, (XtokError, KeyboardInterrupt)):
+            raise
+        if _is_oom(e):
+            raise XtokError(msg) from None
+        raise
+    finally:
+        run.close()
+        stop.uninstall()
+    return result
+
+
+def resume_distillation(run_dir: "str | Path", *, steps: int | None = None, **kwargs) -> RunResult:
+    """Continue the run in `run_dir` from its latest checkpoint (optionally to a new step count)."""
+    run = RunDir(run_dir)
+    cfg = DistillConfig.from_dict(run.read_config())
+    if steps is not None and steps != cfg.steps:
+        cfg = cfg.replace(steps=steps)
+    return run_distillation(cfg, run_dir, resume=True, **kwargs)
+
+
+# ------------------------------------------------------------------------ pieces of a step
+def _align(texts: list[str], student: LoadedModel, teacher: LoadedModel, max_length: int):
+    from ..align import align_batch
+
+    return align_batch(texts, student.tok, teacher.tok, add_special_tokens=True, max_length=max_length)
+
+
+def _objective(cfg: DistillConfig, loss_name: str, student: LoadedModel, teachers: list) -> torch.nn.Module:
+    """CE alone, or losses.DistillLoss with one W per teacher (none for a teacher that shares the
+    student's tokenizer: direct KL, no alignment)."""
+    if loss_name == "ce":
+        return CrossEntropyOnly()
+    from ..losses import DistillLoss, Teacher
+
+    files = cfg.projections or [None] * len(teachers)
+    specs = [Teacher(W=None if _same_tokenizer(student, t) else _projection(student, t, files[i]), alpha=a,
+                     loss=loss_name, learnable=cfg.learnable_w and not _same_tokenizer(student, t), name=f"t{i}")
+             for i, (t, a) in enumerate(zip(teachers, cfg.teacher_weights))]
+    # pure on-policy (every row sampled by the student) is KD only: there is no corpus row for CE
+    return DistillLoss(specs, temperature=cfg.temperature, kd_weight=cfg.kd_weight, position=cfg.position,
+                       ce_weight=0.0 if cfg.on_policy_ratio >= 1.0 else 1.0)
+
+
+def _same_tokenizer(student: LoadedModel, teacher: LoadedModel) -> bool:
+    return student.tok.sha256 == teacher.tok.sha256 and student.vocab_size == teacher.vocab_size
+
+
+def ce_labels(ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """HF-style unshifted labels: the ids, -100 on padding and on rows excluded from CE."""
+    return ids.masked_fill(~(mask & rows[:, None]), -100)
+
+
+class CrossEntropyOnly(torch.nn.Module):
+    """Next-token CE of the student: the `--loss ce` baseline and the demo teacher's objective."""
+
+    def forward(self, s_logits, t_logits=(), views=(), *, input_ids=None, attention_mask=None, labels=None):
+        ce = torch.nn.functional.cross_entropy(s_logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        return ce, {"ce": float(ce.detach())}
+
+
+def _sync_objective_grads(objective: torch.nn.Module, world: int) -> None:
+    """DDP averages the student's gradients; a learned W lives outside it and is averaged here."""
+    if world > 1:
+        for p in objective.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= world
+
+
+def _agree(flag: bool, world: int, device: torch.device) -> bool:
+    """All ranks stop at the same step when any of them got SIGTERM."""
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _record_replica(run: RunDir, rank: int, step: int, model: torch.nn.Module) -> None:
+    """replicas/rank-N.json: each rank's final step and weight fingerprint, so a DDP run can show that
+    its replicas stayed identical."""
+    with torch.no_grad():
+        fp = sum(float(p.double().square().sum()) for p in model.parameters())
+    (run.path / "replicas").mkdir(exist_ok=True)
+    import json
+
+    (run.path / "replicas" / f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "step": step, "fingerprint": fp}))
+
+
+def _progress(enabled: bool, start: int, total: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="distill", unit="step", dynamic_ncols=True)

@@ -77,6 +77,16 @@ class CategoryDef:
         return _compiled(self.pattern)
 
 
+def _alternation(words) -> str:
+    """`a|b|…` factored on the first character (`c(?:lass|onst)`), so `re` rejects most tokens after
+    one comparison instead of one per word; longer words first so that no prefix shadows them."""
+    groups: dict[str, list[str]] = {}
+    for w in sorted(words, key=lambda w: (-len(w), w)):
+        groups.setdefault(w[0], []).append(w[1:])
+    return "|".join(re.escape(c) + ("(?:" + "|".join(map(re.escape, rest)) + ")" if any(rest) else "")
+                    for c, rest in groups.items())
+
+
 @cache
 def _compiled(pattern: str) -> re.Pattern:
     return re.compile(pattern)
@@ -89,7 +99,7 @@ def category_defs() -> tuple[CategoryDef, ...]:
     currency = "$" + _unicode_class("Sc")
     math = _unicode_class("Sm", "°¹²³⁰⁴⁵⁶⁷⁸⁹⁽⁾₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎¼½¾⅐⅑⅒⅓⅔⅕⅖⅗⅘⅙⅚⅛⅜⅝⅞")
     fill, br = r"""[;:,.'"`]""", r"[(){}\[\]]"
-    ops = "|".join(map(re.escape, _OPERATORS))
+    ops = _alternation(_OPERATORS)
     defs = [
         ("multi_digit_numeral", "two or more ASCII digits: `10`, `202`, `000`", r"[0-9]{2,}"),
         ("numeral_with_separator", "digits with `,` or `.` between or before them: `1,000`, `3.14`, `.5`",
@@ -101,7 +111,7 @@ def category_defs() -> tuple[CategoryDef, ...]:
          r"|[0-9]{1,2}:[0-9]{2}(?::[0-9]{2})?|:[0-9]{2}|[0-9]{1,2}:"),
         ("code", "operators (`==`, `->`, `!=`, `+=` …), bracket runs (`(`, `()`, `});`), indentation "
                  "(two or more spaces, tabs) and common keywords (`def`, `return`, `const` …)",
-         rf"(?:{ops})|{fill}*{br}(?:{br}|{fill})*| {{2,}}|[ \t]*\t[ \t]*|(?:{'|'.join(map(re.escape, _KEYWORDS))})"),
+         rf"(?:{ops})|{fill}*{br}(?:{br}|{fill})*| {{2,}}|[ \t]*\t[ \t]*|(?:{_alternation(_KEYWORDS)})"),
         ("math", "mathematical symbols (Unicode Sm outside ASCII), super/subscripts, fractions, `°`: `±×÷≤≥∑√`",
          rf"[{math}]+"),
         ("whitespace", "runs of spaces, tabs and newlines", r"[ \t\r\n\f\v]+"),
@@ -114,20 +124,26 @@ def _decoded(tok: Tok) -> list[str]:
     return [b.decode("utf-8", "replace") if b is not None else "" for b in tok.token_bytes]
 
 
-def match_tokens(texts: list[str], cdef: CategoryDef) -> np.ndarray:
+def match_tokens(texts: list[str], cdef: CategoryDef, _joined: tuple | None = None) -> np.ndarray:
     """(n,) bool: which of `texts` belong to the category.
 
     One regex scan over all texts joined by a separator no text contains, instead of one `fullmatch`
     per token: the pattern is anchored between separators, and each match is mapped back to its text
-    by its start position."""
-    joined = _SEP + _SEP.join(texts) + _SEP
-    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-    starts = np.cumsum(lengths + 1) - lengths  # position of each text's first char in `joined`
-    scan = _compiled(rf"(?<={_SEP}) ?(?:{cdef.pattern})(?={_SEP})")
+    by its start position. `_joined`: `_join(texts)`, to share it between categories."""
+    joined, seps = _joined or _join(texts)
+    # The match consumes the separator before a text (a literal prefix lets `re` jump from one
+    # separator to the next) and only looks at the one after it, which starts the next text.
+    scan = _compiled(rf"{_SEP} ?(?:{cdef.pattern})(?={_SEP})")
     hits = np.fromiter((m.start() for m in scan.finditer(joined)), dtype=np.int64)
     out = np.zeros(len(texts), dtype=bool)
-    out[np.searchsorted(starts, hits)] = True
+    out[np.searchsorted(seps, hits)] = True
     return out
+
+
+def _join(texts: list[str]) -> tuple[str, np.ndarray]:
+    """The texts joined by `_SEP` (one before each, one at the end), and each separator's position."""
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    return _SEP + _SEP.join(texts) + _SEP, np.cumsum(lengths + 1) - lengths - 1
 
 
 _MEMBERS: dict = {}
@@ -138,7 +154,8 @@ def category_members(tok: Tok) -> dict[str, np.ndarray]:
     tokenizer hash."""
     if tok.sha256 not in _MEMBERS:
         texts = _decoded(tok)
-        _MEMBERS[tok.sha256] = {c.name: match_tokens(texts, c) for c in category_defs()}
+        joined = _join(texts)
+        _MEMBERS[tok.sha256] = {c.name: match_tokens(texts, c, joined) for c in category_defs()}
     return _MEMBERS[tok.sha256]
 
 

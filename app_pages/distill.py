@@ -80,7 +80,8 @@ if submitted:
     if not dynamic:
         args += ["--kd-weight", f"{kd_weight:g}"]
     if not demo_teacher:
-        args += ["--no-demo-teacher"]
+        args += ["--random-teacher"]
+    args += ["--runs-dir", str(runs.runs_dir()), "--no-progress"]
     if not student_model or any(not t for t in teachers):
         st.error("A model directory is empty; type its path or pick the tiny model.")
     else:

@@ -2,8 +2,8 @@
 
 H-KL compares student and teacher probabilities only on tokens the two vocabularies share exactly, so it
 is the right loss when the tokens that carry meaning (numerals, prices, dates, code) are shared. When a
-critical category is mostly *not* shared (Llama-3 has `2024`-style three-digit numeral tokens, Qwen
-splits every digit), those tokens fall out of H-KL's common set and only P-KL, which projects every
+critical category is mostly *not* shared (Llama-3 has a token for every two- and three-digit string,
+Qwen splits every digit), those tokens fall out of H-KL's common set and only P-KL, which projects every
 student row through W, still teaches them.
 
 Categories are regular expressions over the student vocabulary. A token belongs to a category when its
@@ -318,12 +318,12 @@ def recommend(categories: dict[str, Category], threshold: float, teacher_name: s
     fig = lambda c: f"{c.name} {pct(c.coverage)} ({c.matched:,} of {c.total:,} student tokens exact in {teacher_name})"  # noqa: E731
     tail = f" No student tokens in: {', '.join(empty)}." if empty else ""
     if below:
-        return "P-KL", (f"P-KL: {len(below)} critical categor{'y is' if len(below) == 1 else 'ies are'} below the "
+        return "P-KL", (f"{len(below)} critical categor{'y is' if len(below) == 1 else 'ies are'} below the "
                         f"{pct(threshold)} threshold: " + "; ".join(map(fig, below)) +
                         ". H-KL's exact common set would leave those tokens out; P-KL projects every student row through W." + tail)
     if not scored:
-        return "H-KL", f"H-KL: the student has no tokens in any critical category, so nothing critical is lost to H-KL.{tail}"
-    return "H-KL", (f"H-KL: every critical category is at or above the {pct(threshold)} threshold: " + "; ".join(map(fig, scored)) +
+        return "H-KL", f"The student has no tokens in any critical category, so nothing critical is lost to H-KL.{tail}"
+    return "H-KL", (f"Every critical category is at or above the {pct(threshold)} threshold: " + "; ".join(map(fig, scored)) +
                     ". The exact common set covers the critical tokens, and H-KL keeps the sharper one-to-one signal." + tail)
 
 
@@ -416,6 +416,14 @@ def coverage_audit(student, teacher, projection=None, *, threshold: float = DEFA
                        teacher_side, label, reason, corpus_info, notes, __version__)
 
 
+def _is_partial(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return True
+
+
 def _teacher_side(projection, t: Tok, counts_t: np.ndarray | None, n_examples: int = 50) -> TeacherSide:
     m = projection.matrix
     reached = np.bincount(m.indices[m.data > 0], minlength=m.shape[1])[: t.vocab_size] > 0
@@ -424,7 +432,9 @@ def _teacher_side(projection, t: Tok, counts_t: np.ndarray | None, n_examples: i
     ids = np.flatnonzero(unreachable)
     if counts_t is not None:
         ids = ids[np.lexsort((ids, -counts_t[ids]))]  # most frequent in the corpus first
-    ex = ids[:n_examples].tolist()
+    # among the first candidates, whole characters before partial UTF-8 pieces (easier to read)
+    head = ids[: 4 * n_examples].tolist()
+    ex = sorted(head, key=lambda i: _is_partial(t.token_bytes[i]))[:n_examples]
     side = TeacherSide(int(regular.sum()), int(unreachable.sum()), ex, [t.token_text(i) for i in ex])
     if counts_t is not None:
         total, occ = int(counts_t.sum()), int(counts_t[unreachable].sum())
@@ -537,13 +547,14 @@ th, td { border: 1px solid var(--line); padding: .25rem .5rem; text-align: left;
 th { background: #f1f3f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 code { font: .88em/1.3 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background: #f4f5f7; padding: 0 .2em;
        border-radius: 3px; white-space: pre; }
-.bar { display: inline-block; width: 80px; height: .7em; background: #e7eaee; margin-right: .4em; vertical-align: middle; }
+.bar { display: block; width: 100%; max-width: 80px; min-width: 36px; height: .6em; background: #e7eaee; margin: .3em 0 .1em; }
 .bar > span { display: block; height: 100%; background: var(--bar); }
 .below { color: var(--bad); font-weight: 600; } .ok { color: var(--good); }
 .piece { white-space: nowrap; margin-right: .6em; }
 .hash { font-size: .8em; word-break: break-all; }
 @media print {
-  body { margin: 0; max-width: none; font-size: 10pt; }
+  html { font-size: 9pt; } body { margin: 0; padding: 0; max-width: none; font-size: 10pt; }
+  th, td { padding: .15rem .3rem; }
   h2, h3 { page-break-after: avoid; } tr, .verdict { page-break-inside: avoid; } thead { display: table-header-group; }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 }
@@ -552,6 +563,11 @@ code { font: .88em/1.3 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
 
 def _h(x) -> str:
     return html.escape(str(x), quote=True)
+
+
+def _h_prose(text: str) -> str:
+    """Escaped text with its `backtick` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _h(text))
 
 
 def _h_code(text: str) -> str:
@@ -587,7 +603,7 @@ def render_html(r: AuditReport, max_rows: int | None = 100) -> str:
     for c in r.categories.values():
         v = _verdict(c, r.threshold)
         weighted = f"<td>{_bar(c.weighted_coverage)}</td>" if r.corpus else ""
-        P.append(f"<tr id=\"cat-{_h(c.name)}\"><td><strong>{_h(c.name)}</strong></td><td>{_h(c.definition)}</td>"
+        P.append(f"<tr id=\"cat-{_h(c.name)}\"><td><strong>{_h(c.name)}</strong></td><td>{_h_prose(c.definition)}</td>"
                  f"<td>{'yes' if c.critical else 'no'}</td><td class=\"num\">{c.total:,}</td><td class=\"num\">{c.matched:,}</td>"
                  f"<td>{_bar(c.coverage)}</td>{weighted}<td class=\"{'below' if v == 'below threshold' else 'ok' if v == 'ok' else 'muted'}\">{v}</td></tr>")
     P.append("</tbody></table>")

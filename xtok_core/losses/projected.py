@@ -19,12 +19,13 @@ from __future__ import annotations
 import torch
 
 EPS = 1e-10  # NeMo-RL's smoothing inside log(q + ε)
-WORKSET_BYTES = 256 * 2**20  # working set per chunk when chunk_size is not given
+WORKSET_BYTES = 128 * 2**20  # working set per chunk when chunk_size is not given
 
 
 def auto_chunk_size(v_s: int, v_t: int, workset_bytes: int = WORKSET_BYTES) -> int:
-    """Rows per chunk so that one chunk's fp32 working set (≈ 3·V_s + 4·V_t floats/row) fits the budget."""
-    return max(1, int(workset_bytes // (4 * (3 * v_s + 4 * v_t))))
+    """Rows per chunk so that one chunk's fp32 working set (≈ 2·V_s + 4·V_t floats/row) fits the budget:
+    32 rows for Llama-3 x Qwen2.5, enough to keep the sparse products efficient."""
+    return max(1, int(workset_bytes // (4 * (2 * v_s + 4 * v_t))))
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -34,15 +35,21 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _student_probs(x, off, temperature, cd):
     """(softmax, p) of one chunk: p = softmax(x/τ) · e^{off}; both (c, V_s)."""
-    sm = torch.softmax(x.to(cd) / temperature, dim=-1)
+    if temperature == 1.0:
+        sm = torch.softmax(x, dim=-1, dtype=cd)
+    else:
+        sm = torch.softmax(x.to(cd, copy=True).div_(temperature), dim=-1)
     p = sm if off is None else sm * off.to(cd).exp()[:, None]
     return sm, p
 
 
 def _teacher_logprobs(y, off, temperature, cd):
-    lt = torch.log_softmax(y.to(cd) / temperature, dim=-1)
+    if temperature == 1.0:
+        lt = torch.log_softmax(y, dim=-1, dtype=cd)
+    else:
+        lt = torch.log_softmax(y.to(cd, copy=True).div_(temperature), dim=-1)
     if off is not None:
-        lt = lt + off.to(cd)[:, None]
+        lt.add_(off.to(cd)[:, None])
     return lt
 
 
@@ -69,9 +76,10 @@ class ProjectedKL(torch.autograd.Function):
             del p
             lt = _teacher_logprobs(t_rows[i:j], None if t_off is None else t_off[i:j], temperature, cd)
             pt = lt.exp()
-            lt.masked_fill_(pt == 0, 0.0)  # 0·log 0 = 0 (teacher logits of -inf)
-            losses[i:j] = (lt.sub_(logq) * pt).sum(-1)
             lost[i:j] = pt @ unreachable
+            lt.masked_fill_(pt == 0, 0.0)  # 0·log 0 = 0 (teacher logits of -inf)
+            losses[i:j] = lt.sub_(logq).mul_(pt).sum(-1)
+            del lt, pt, logq
         ctx.save_for_backward(s_rows, t_rows, s_off, t_off, values)
         ctx.sw, ctx.temperature, ctx.chunk_size = sw, temperature, chunk_size
         ctx.mark_non_differentiable(lost)
@@ -101,12 +109,13 @@ class ProjectedKL(torch.autograd.Function):
             if need_w:
                 gw += torch.sparse.sampled_addmm(pattern, p.T.contiguous(), g, beta=0.0).values()
             if need_x or need_off:
-                gp = (w @ g.T).T  # (c, V_s)
-                pgp = (p * gp).sum(-1)
+                pg = (w @ g.T).T.mul_(p)  # p ⊙ ∂loss/∂p, (c, V_s)
+                del g
+                pgp = pg.sum(-1)
                 if need_off:
                     goff[i:j] = pgp.to(goff.dtype)
-                if need_x:
-                    gx[i:j] = ((p * gp).sub_(sm * pgp[:, None]) / temperature).to(gx.dtype)
+                if need_x:  # softmax backward: p ⊙ ∂p − softmax · Σ p ⊙ ∂p, then the 1/τ of x/τ
+                    gx[i:j] = pg.addcmul_(sm, pgp[:, None], value=-1.0).div_(temperature)
         return gx, None, goff, None, (gw.to(values.dtype) if need_w else None), None, None, None
 
 

@@ -357,6 +357,7 @@ def coverage_audit(student, teacher, projection=None, *, threshold: float = DEFA
 
     s, t = load_tokenizer(student), load_tokenizer(teacher)
     threshold = _check_threshold(threshold)
+    texts = None if corpus is None else _corpus_texts(corpus)
     say = progress or (lambda f, m: None)
     if projection is None:
         say(0.0, f"building W for {s.name} -> {t.name}")
@@ -371,9 +372,8 @@ def coverage_audit(student, teacher, projection=None, *, threshold: float = DEFA
     exact = projection.kinds[: s.vocab_size] == KINDS.index("exact")
 
     counts_s = counts_t = corpus_info = None
-    if corpus is not None:
+    if texts is not None:
         say(0.6, "tokenizing the corpus")
-        texts = _corpus_texts(corpus)
         counts_s, counts_t = _token_counts(s, texts), _token_counts(t, texts)
         joined = "".join(texts)
         corpus_info = CorpusInfo(corpus_name or "corpus", hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest(),

@@ -251,6 +251,18 @@ def test_cli_writes_a_json_report_from_a_saved_w(tmp_path, projection, llama_qwe
     assert report.w_sha256 == llama_qwen.w_sha256
 
 
+def test_cli_takes_the_format_from_the_extension_and_prints_markdown_without_out(tmp_path, projection, capsys):
+    from xtok_core.cli import main
+
+    w_path = projection("llama-3.2", "qwen2.5").save(tmp_path / "W.safetensors")
+    assert main(["audit", "--w", str(w_path), "--out", str(tmp_path / "audit.html"), "--threshold", "0"]) == 0
+    page = (tmp_path / "audit.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "bundled sample corpus" in page and ">H-KL<" in page
+    capsys.readouterr()
+    assert main(["audit", "--w", str(w_path), "--no-corpus", "--format", "md"]) == 0
+    assert capsys.readouterr().out.startswith("# Coverage audit: llama-3.2 → qwen2.5")
+
+
 def test_cli_reports_a_missing_corpus_in_one_line(capsys):
     from xtok_core.cli import main
 

@@ -14,7 +14,7 @@ def register(sub):
         epilog="Example: xtok audit --student llama-3.2 --teacher qwen2.5 --format html --out audit.html")
     p.add_argument("--student", default=None, help="student tokenizer (default: the one --w names, else llama-3.2)")
     p.add_argument("--teacher", default=None, help="teacher tokenizer (default: the one --w names, else qwen2.5)")
-    p.add_argument("--w", help="a W file from xtok build-w (default: build W in memory, about two seconds)")
+    p.add_argument("--w", help="a W file from xtok build-w (default: build W in memory, about a second)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--corpus", help="UTF-8 text file for frequency-weighted coverage (default: the bundled sample corpus)")
     g.add_argument("--no-corpus", action="store_true", help="vocabulary coverage only")

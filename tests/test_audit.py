@@ -55,7 +55,8 @@ def test_vectorised_membership_equals_a_per_token_fullmatch_on_the_whole_vocabul
     ("202", {"multi_digit_numeral"}), ("7", set()), ("==", {"code"}), (" ->", {"code"}), ("!=", {"code"}),
     ("+=", {"code"}), ("());", {"code"}), (" return", {"code"}), ("€", {"currency"}), (" $", {"currency"}),
     ("$5", {"currency"}), ("1,000", {"numeral_with_separator"}), ("3.14", {"numeral_with_separator"}),
-    ("-03-", {"date_time"}), ("12:30", {"date_time"}), (":45", {"date_time"}), ("≤", {"math"}), (" ±", {"math"}),
+    ("-03-", {"date_time"}), ("12:30", {"date_time"}), (":45", {"date_time"}), ("2024-03-15", {"date_time"}),
+    ("1/2", set()), ("2100", {"multi_digit_numeral"}), ("≤", {"math"}), (" ±", {"math"}),
     ("²", {"math"}), ("    ", {"code", "whitespace"}), ("\t", {"code", "whitespace"}), ("\n\n", {"whitespace"}),
     (" ", {"whitespace"}), ("hello", set()), ("１０", set()), ("$$$", set()),
 ])

@@ -72,10 +72,6 @@ class CategoryDef:
     pattern: str
     critical: bool
 
-    @property
-    def regex(self) -> re.Pattern:
-        return _compiled(self.pattern)
-
 
 def _alternation(words) -> str:
     """`a|b|…` factored on the first character (`c(?:lass|onst)`), so `re` rejects most tokens after
@@ -107,7 +103,7 @@ def category_defs() -> tuple[CategoryDef, ...]:
         ("currency", "a currency symbol (Unicode Sc), alone or with an amount before or after it: `$`, `€`, `$5`, `5€`",
          rf"[{currency}](?:{num})?|{num}[{currency}]"),
         ("date_time", "years 1800-2099 and numeric date/time fragments: `2024`, `-03-`, `03/`, `12:30`, `:45`",
-         r"(?:18|19|20)[0-9]{2}|[0-9]{1,4}[-/][0-9]{1,2}(?:[-/][0-9]{1,4})?|[-/][0-9]{2}[-/]?|[0-9]{2}[-/]"
+         r"(?:18|19|20)[0-9]{2}|[0-9]{4}-[0-9]{2}(?:-[0-9]{2})?|[0-9]{1,2}/[0-9]{1,2}/[0-9]{2,4}|[-/][0-9]{2}[-/]?|[0-9]{2}[-/]"
          r"|[0-9]{1,2}:[0-9]{2}(?::[0-9]{2})?|:[0-9]{2}|[0-9]{1,2}:"),
         ("code", "operators (`==`, `->`, `!=`, `+=` …), bracket runs (`(`, `()`, `});`), indentation "
                  "(two or more spaces, tabs) and common keywords (`def`, `return`, `const` …)",

@@ -36,8 +36,8 @@ def model_field(label: str, tok_name: str, key: str) -> str:
     return path if kind == "local model directory" else kind
 
 
-st.subheader("New run")
-with st.form("new_run"):
+all_runs = runs.list_runs()
+with st.expander("New run", expanded=not all_runs, icon=":material/add:"), st.form("new_run"):
     c1, c2 = st.columns(2)
     with c1:
         student_model = model_field("Student", student.name, "f_student")
@@ -90,7 +90,6 @@ if submitted:
         ss.selected_run = run.name
         st.success(f"Launched {run.name} (pid {run.pid}); it keeps running if you close the page.")
 
-st.divider()
 st.subheader("Runs")
 all_runs = runs.list_runs()
 if not all_runs:
@@ -102,9 +101,9 @@ def _row(r: runs.Run) -> list:
     m = r.metrics()
     last = m[-1] if m else {}
     acc = next((x for x in (_accuracy(row) for row in reversed(m)) if x is not None), None)
-    cfg = r.config.get("config", r.config)
+    teachers = r.setting("teachers") or []
     return [r.name, r.state, last.get("step", ""), f"{last['loss']:.4f}" if "loss" in last else "",
-            "" if acc is None else f"{acc:.1%}", cfg.get("loss", "")]
+            "" if acc is None else f"{acc:.1%}", r.setting("loss") or "", r.setting("student") or "", ", ".join(teachers)]
 
 
 def _accuracy(row: dict):
@@ -114,7 +113,7 @@ def _accuracy(row: dict):
     return None
 
 
-st.dataframe(pd.DataFrame([_row(r) for r in all_runs], columns=["run", "state", "step", "loss", "accuracy", "loss fn"]),
+st.dataframe(pd.DataFrame([_row(r) for r in all_runs], columns=["run", "state", "step", "loss", "accuracy", "loss fn", "student", "teachers"]),
              hide_index=True, width="stretch")
 names = [r.name for r in all_runs]
 if ss.get("selected_run") not in names:
@@ -153,7 +152,7 @@ def live() -> None:
     df = metrics_frame(run)
     top = st.columns([2, 1, 1, 1])
     top[0].markdown(f"**{run.name}** · state **{run.state}**" + (f" · pid {run.pid}" if run.pid else ""))
-    top[1].metric("steps", int(df["step"].iloc[-1]) if not df.empty and "step" in df else 0)
+    top[1].metric("step", int(df["step"].iloc[-1]) if not df.empty and "step" in df else "—")
     top[2].metric("loss", f"{df['loss'].iloc[-1]:.4f}" if not df.empty and "loss" in df else "—")
     if run.running:
         if top[3].button("Stop run", type="primary", key="stop_run"):
@@ -174,7 +173,10 @@ def live() -> None:
     fig.update_layout(height=300, title="Training loss", margin=dict(l=10, r=10, t=40, b=10), xaxis_title="step",
                       legend=dict(orientation="h", y=-0.25))
     c1.plotly_chart(fig, key="live_loss")
-    c2.plotly_chart(curves({run.name: df}, "accuracy", "Held-out arithmetic accuracy", ".0%"), key="live_acc")
+    if "accuracy" in df and df["accuracy"].notna().any():
+        c2.plotly_chart(curves({run.name: df}, "accuracy", "Held-out arithmetic accuracy", ".0%"), key="live_acc")
+    else:
+        c2.caption("Held-out arithmetic accuracy appears here at the run's first evaluation (--eval-every).")
     d1, d2 = st.columns(2)
     d1.download_button("Metrics · JSONL", "\n".join(json.dumps(r) for r in run.metrics()) + "\n",
                        file_name=f"{run.name}.metrics.jsonl", mime="application/json", key="dl_jsonl", on_click="ignore")
@@ -192,4 +194,7 @@ if overlay:
     frames = {n: df for n, df in frames.items() if not df.empty}
     c1, c2 = st.columns(2)
     c1.plotly_chart(curves(frames, "loss", "Training loss"), key="cmp_loss")
-    c2.plotly_chart(curves(frames, "accuracy", "Held-out arithmetic accuracy", ".0%"), key="cmp_acc")
+    if any("accuracy" in df and df["accuracy"].notna().any() for df in frames.values()):
+        c2.plotly_chart(curves(frames, "accuracy", "Held-out arithmetic accuracy", ".0%"), key="cmp_acc")
+    else:
+        c2.caption("None of these runs has evaluated arithmetic accuracy yet.")

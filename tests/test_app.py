@@ -238,7 +238,11 @@ def test_distill_preselects_the_audits_loss_and_lists_past_runs():
     assert set(runs_table["run"]) == {"a-run", "b-run"}
     assert dict(zip(runs_table["run"], runs_table["state"])) == {"a-run": "finished", "b-run": "stopped"}
     assert dict(zip(runs_table["run"], runs_table["step"])) == {"a-run": 10, "b-run": 4}
-    assert len(at.get("plotly_chart")) == 4  # live loss + accuracy, overlay loss + accuracy
+    # the newest run is followed; it has not evaluated yet, so its accuracy chart is a note
+    assert at.selectbox(key="selected_run").value == "b-run"
+    assert [c.key for c in at.get("plotly_chart")] == ["live_loss", "cmp_loss", "cmp_acc"]
+    at.selectbox(key="selected_run").set_value("a-run").run()
+    assert [c.key for c in at.get("plotly_chart")] == ["live_loss", "live_acc", "cmp_loss", "cmp_acc"]
     assert [b.label for b in at.get("download_button")] == ["Metrics · JSONL", "Metrics · CSV"]
 
 
@@ -299,3 +303,33 @@ def test_visible_bytes_show_whitespace_and_partial_characters():
     assert visible_bytes("🙂".encode()[:2]) == "\\xf0\\x9f"
     assert visible_bytes(None, "<|endoftext|>") == "<|endoftext|>"
     assert "$" not in esc("$1,234") and "&#36;1,234" == esc("$1,234")
+
+
+def test_the_run_form_launches_the_cli_with_the_chosen_settings():
+    from xtok_app import runs
+
+    at = app("distill", student="gpt2", teacher="qwen2.5")
+    at.selectbox(key="f_loss").set_value("hkl")
+    at.number_input(key="f_steps").set_value(3)
+    at.checkbox(key="f_dynamic").uncheck()
+    at.number_input(key="f_kdw").set_value(0.5)
+    at.checkbox(key="f_second").check()
+    at.slider(key="f_alpha").set_value(0.25)
+    at.checkbox(key="f_demo").uncheck()
+    at.button[0].click()  # the form's submit button
+    at.run()
+    assert not at.exception
+    (run,) = runs.list_runs()
+    try:
+        cmd = run.launch["command"]
+        flags = {a: cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a.startswith("--")}
+        assert cmd[:4] == [sys.executable, "-m", "xtok_core", "distill"]
+        assert flags["--student"] == "tiny:gpt2" and flags["--loss"] == "hkl" and flags["--steps"] == "3"
+        assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--teacher"] == ["tiny:qwen2.5", "tiny:llama-3.2"]
+        assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--alpha"] == ["0.75", "0.25"]
+        assert flags["--kd-weight"] == "0.5" and "--random-teacher" in cmd
+        assert flags["--runs-dir"] == os.environ["XTOK_RUNS_DIR"] and flags["--out"] == str(run.path)
+        assert at.session_state.selected_run == run.name
+        assert any(run.name in s.value for s in at.success)
+    finally:
+        runs.stop_run(run)

@@ -107,6 +107,15 @@ class Run:
     def error(self) -> str:
         return str(self.status.get("error") or "")
 
+    def setting(self, name: str):
+        """A run setting from config.json, or from the launch command before the CLI wrote its config."""
+        if name in self.config:
+            return self.config[name]
+        cmd = self.launch.get("command") or []
+        flag = "--" + name.replace("_", "-")
+        values = [cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a == flag]
+        return (values if name == "teachers" else values[0]) if values else None
+
     def metrics(self) -> list[dict]:
         return read_metrics(self.path)
 

@@ -1,0 +1,259 @@
+"""End to end in a real browser: Debian's Chromium driven by Playwright against `streamlit run app.py`.
+
+One server for the module, started on a free localhost port with its own runs and upload
+directories. Screenshots of every page go to `test-artifacts/` (ignored by git).
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"Debian's Chromium is not at {CHROMIUM}; install it with `apt-get install chromium`", allow_module_level=True)
+pytest.importorskip("playwright")
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from xtok_core import align_spans, load_tokenizer  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+QUERY = "student=gpt2&teacher=qwen2.5"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("app")
+    port = _free_port()
+    env = dict(os.environ, XTOK_RUNS_DIR=str(tmp / "runs"), XTOK_UPLOAD_DIR=str(tmp / "uploads"), HF_HUB_OFFLINE="1")
+    log = open(tmp / "streamlit.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("streamlit did not start: " + (tmp / "streamlit.log").read_text(errors="replace")[-2000:])
+        time.sleep(0.3)
+    yield {"url": url, "runs": tmp / "runs"}
+    # the server and any run it launched share nothing: runs have their own process groups
+    for run in (tmp / "runs").glob("*/launch.json"):
+        pid = json.loads(run.read_text())["pid"]
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1600}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(90_000)
+    yield pg
+    context.close()
+
+
+def wait_idle(pg) -> None:
+    """Until the app has finished its current run (the status widget shows no running script)."""
+    pg.wait_for_timeout(300)
+    expect(pg.locator('[data-testid="stStatusWidget"]')).to_have_count(0, timeout=120_000)
+
+
+def open_page(pg, url: str, title: str) -> None:
+    pg.goto(url)
+    expect(pg.get_by_role("heading", name=title, exact=True)).to_be_visible()
+    wait_idle(pg)
+
+
+def nav(pg, title: str) -> None:
+    pg.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
+    expect(pg.get_by_role("heading", name=title, exact=True)).to_be_visible()
+    wait_idle(pg)
+
+
+def choose(pg, label: str, option: str) -> None:
+    box = pg.get_by_role("combobox", name=label)
+    box.click()
+    pg.get_by_role("option", name=option, exact=True).click()
+    expect(box).to_have_value(option)
+    wait_idle(pg)
+
+
+def shot(pg, name: str) -> None:
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def table_rows(pg, css: str) -> list[list[str]]:
+    expect(pg.locator(f"table.{css}").first).to_be_visible()
+    return [[c.strip() for c in row.locator("td").all_inner_texts()] for row in pg.locator(f"table.{css} tbody tr").all()]
+
+
+def query(pg) -> dict:
+    from urllib.parse import parse_qs, urlparse
+
+    return {k: v[0] for k, v in parse_qs(urlparse(pg.url).query).items()}
+
+
+def test_pair_projection_audit_alignment_in_the_browser(server, page):
+    pg = page
+    # the default pair, from the bundle
+    open_page(pg, server["url"] + "/", "Pair")
+    assert [r[1] for r in table_rows(pg, "xtok-vocab")] == ["llama-3.2", "qwen2.5"]
+    shot(pg, "pair-default")
+
+    # GPT-2 student, Qwen2.5 teacher: the URL follows
+    choose(pg, "Student tokenizer", "gpt2")
+    choose(pg, "Teacher tokenizer", "qwen2.5")
+    expect(pg.locator("table.xtok-vocab tbody tr").first.locator("td").nth(1)).to_have_text("gpt2")
+    assert [r[1] for r in table_rows(pg, "xtok-vocab")] == ["gpt2", "qwen2.5"]
+    assert query(pg) == {"student": "gpt2", "teacher": "qwen2.5"}
+    shot(pg, "pair")
+
+    # Projection: 2019 -> the teacher's 2, 0, 1, 9 with their weights
+    nav(pg, "Projection")
+    box = pg.get_by_label(re.compile("^Student token"))
+    box.fill("2019")
+    box.press("Enter")
+    expect(pg.locator("table.xtok-row tbody tr")).to_have_count(4)
+    rows = table_rows(pg, "xtok-row")
+    assert [r[1] for r in rows] == ["2", "0", "1", "9"]
+    assert [r[3] for r in rows] == ["0.90009", "0.09001", "0.00900", "0.00090"]
+    expect(pg.get_by_text(re.compile("re-tokenize pass"))).to_be_visible()
+    assert query(pg) == {"student": "gpt2", "teacher": "qwen2.5", "token": "2019"}
+    shot(pg, "projection")
+
+    # Audit: P-KL, and the HTML report downloads with it
+    nav(pg, "Audit")
+    metric = pg.locator('[data-testid="stMetric"]').filter(has_text="Recommended loss")
+    expect(metric.locator('[data-testid="stMetricValue"]')).to_have_text("P-KL")
+    shot(pg, "audit")
+    with pg.expect_download() as dl:
+        pg.get_by_role("button", name="HTML", exact=True).click()
+    report = Path(dl.value.path()).read_text(encoding="utf-8")
+    assert dl.value.suggested_filename == "audit_gpt2_to_qwen2.5.html"
+    assert report.lstrip().lower().startswith("<!doctype html")
+    assert "P-KL" in report and "multi_digit_numeral" in report and "gpt2" in report and "qwen2.5" in report
+
+    # Alignment: every group of a typed text is shown
+    nav(pg, "Alignment")
+    text = "Paid $1,234.56 on 2024-03-15 at 12:30."
+    area = pg.get_by_label("Text", exact=True)
+    area.fill(text)
+    area.press("Control+Enter")
+    wait_idle(pg)
+    expected = len(align_spans(text, load_tokenizer("gpt2"), load_tokenizer("qwen2.5")).groups)
+    groups_tab = pg.get_by_role("tab", name=re.compile(r"^Groups \(\d+\)$"))
+    expect(groups_tab).to_have_text(f"Groups ({expected})")
+    metric = pg.locator('[data-testid="stMetric"]').filter(has_text="groups")
+    expect(metric.locator('[data-testid="stMetricValue"]').first).to_have_text(str(expected))
+    expect(pg.locator(".js-plotly-plot")).to_have_count(1)
+    shot(pg, "alignment")
+    groups_tab.click()
+    expect(pg.locator("table.xtok-groups tbody tr")).to_have_count(expected)
+    chips = pg.locator(".xtok-student .xtok-chip").all_inner_texts()
+    assert "".join(chips).replace("·", " ") == text  # the page shows the text's every byte, spaces visible
+
+
+def test_a_shared_url_opens_the_same_view(server, page):
+    open_page(page, server["url"] + f"/projection?{QUERY}&token=2019", "Projection")
+    expect(page.locator("table.xtok-row")).to_be_visible()
+    assert [r[1] for r in table_rows(page, "xtok-row")] == ["2", "0", "1", "9"]
+    expect(page.get_by_label(re.compile("^Student token"))).to_have_value("2019")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    expect(sidebar).to_contain_text("gpt2")
+
+
+def _points(pg) -> int:
+    """Markers drawn in the live loss chart."""
+    chart = pg.locator(".js-plotly-plot").first
+    return chart.locator(".scatterlayer .trace .points path").count()
+
+
+def test_distill_run_live_curve_stop_and_reopen(server, browser, page):
+    pg = page
+    open_page(pg, server["url"] + f"/distill?{QUERY}", "Distill")
+    # the audit's recommendation is preselected
+    expect(pg.get_by_role("combobox", name=re.compile("^Loss"))).to_have_value("P-KL")
+    steps = pg.get_by_label("Steps", exact=True)
+    steps.fill("10")
+    pg.get_by_text("More settings").click()
+    pg.get_by_label("Batch size", exact=True).fill("2")
+    pg.get_by_label(re.compile("^Evaluate arithmetic")).fill("0")
+    pg.get_by_text(re.compile("^Train the demo teacher first")).click()  # random tiny teacher: a CPU smoke run
+    shot(pg, "distill-form")
+    pg.get_by_role("button", name="Launch run").click()
+    expect(pg.get_by_text(re.compile(r"^Launched "))).to_be_visible()
+    run_dir = next(server["runs"].glob("*/launch.json")).parent
+    cmd = json.loads((run_dir / "launch.json").read_text())["command"]
+    assert cmd[cmd.index("--steps") + 1] == "10" and "--random-teacher" in cmd and cmd[cmd.index("--loss") + 1] == "pkl"
+
+    # the live fragment draws the curve as metrics arrive
+    deadline = time.time() + 240
+    while _points(pg) == 0 and time.time() < deadline:
+        pg.wait_for_timeout(1000)
+    assert _points(pg) > 0, (run_dir / "app.log").read_text(errors="replace")[-1500:]
+    shot(pg, "distill-running")
+
+    # closing the browser does not end the run; a new browser finds it running
+    pg.context.close()
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "running"
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1600})
+    pg2 = ctx.new_page()
+    pg2.set_default_timeout(90_000)
+    open_page(pg2, server["url"] + f"/distill?{QUERY}", "Distill")
+    expect(pg2.get_by_text(re.compile(rf"{re.escape(run_dir.name)} · state running"))).to_be_visible()
+    expect(pg2.locator(".js-plotly-plot").first.locator(".scatterlayer .trace .points path").first).to_be_attached()
+
+    # stop: SIGTERM to the process group, the run checkpoints and says so
+    pg2.get_by_role("button", name="Stop run").click()
+    deadline = time.time() + 120
+    while json.loads((run_dir / "status.json").read_text())["state"] == "running" and time.time() < deadline:
+        time.sleep(0.5)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] in ("stopped", "finished")
+    expect(pg2.get_by_text(re.compile(rf"{re.escape(run_dir.name)} · state (stopped|finished)"))).to_be_visible(timeout=30_000)
+    shot(pg2, "distill-stopped")
+    ctx.close()

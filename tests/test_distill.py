@@ -207,6 +207,7 @@ def test_out_of_memory_marks_the_run_failed_and_keeps_metrics_and_last_checkpoin
     run = RunDir(tmp_path)
     status = run.read_status()
     assert status["state"] == "failed" and "--resume" in status["error"] and "\n" not in status["error"]
+    assert status["checkpoint"] == "step-1"
     assert [r["step"] for r in run.read_metrics()] == [0, 1, 2]
     assert run.latest_checkpoint().name == "step-1"
     assert load_file(str(run.latest_checkpoint() / "model.safetensors"))

@@ -156,9 +156,9 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                      progress: bool = True, log: Callable = print) -> RunResult:
     """Train `config.student` against `config.teachers`, writing the run directory `out`.
 
-    resume=True continues the run in `out` from its latest checkpoint (the config is read from the
-    directory; `config.steps` may extend it). Failures are recorded in status.json and re-raised as
-    XtokError with one line; metrics and the last checkpoint stay.
+    resume=True continues the run in `out` from its latest checkpoint (see `resume_distillation`, which
+    reads the config back from the directory). Failures are recorded in status.json and re-raised (as
+    XtokError with one line for out-of-memory); metrics and the last checkpoint stay.
     """
     cfg, hooks = config, hooks or RunHooks()
     rank, world, device = _distributed(cfg)
@@ -248,6 +248,8 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             optimizer.step()
             # -- 6. bookkeeping --
             n_tokens = int(s_mask.sum()) * world
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # step_time measures the work, not the kernel launches
             dt = time.time() - t0
             row = {"step": step, "loss": float(loss.detach()), "lr": _lr_at(step, cfg), "grad_norm": float(grad_norm),
                    "tokens": n_tokens, "tokens_per_s": n_tokens / max(dt, 1e-9), "step_time": dt,
@@ -287,7 +289,9 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
         if isinstance(e, KeyboardInterrupt):
             msg = "interrupted; continue with xtok distill --resume " + str(run.path)
         if main:
-            run.write_status("failed" if not isinstance(e, KeyboardInterrupt) else "stopped", step=step, steps=cfg.steps, error=msg)
+            kept = run.latest_checkpoint()
+            run.write_status("failed" if not isinstance(e, KeyboardInterrupt) else "stopped", step=step, steps=cfg.steps,
+                             error=msg, checkpoint=kept.name if kept else None)
         if isinstance(e, (XtokError, KeyboardInterrupt)):
             raise
         if _is_oom(e):
@@ -345,7 +349,7 @@ class CrossEntropyOnly(torch.nn.Module):
 
     def forward(self, s_logits, t_logits=(), views=(), *, input_ids=None, attention_mask=None, labels=None):
         ce = torch.nn.functional.cross_entropy(s_logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        return ce, {"ce": float(ce.detach())}
+        return ce, {"ce": float(ce.detach()), "kd": 0.0, "lambda": 0.0}
 
 
 def _sync_objective_grads(objective: torch.nn.Module, world: int) -> None:

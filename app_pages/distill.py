@@ -151,7 +151,7 @@ def live() -> None:
         st.rerun()  # the run ended: refresh the whole page (runs table) and stop polling
     df = metrics_frame(run)
     top = st.columns([2, 1, 1, 1])
-    top[0].markdown(f"**{run.name}** · state **{run.state}**" + (f" · pid {run.pid}" if run.pid else ""))
+    top[0].markdown(f"**{run.name}** · state **{run.state}**" + (f" · pid {run.pid}" if run.running and run.pid else ""))
     top[1].metric("step", int(df["step"].iloc[-1]) if not df.empty and "step" in df else "—")
     top[2].metric("loss", f"{df['loss'].iloc[-1]:.4f}" if not df.empty and "loss" in df else "—")
     if run.running:
@@ -177,7 +177,7 @@ def live() -> None:
         c2.plotly_chart(curves({run.name: df}, "accuracy", "Held-out arithmetic accuracy", ".0%"), key="live_acc")
     else:
         c2.caption("Held-out arithmetic accuracy appears here at the run's first evaluation (--eval-every).")
-    d1, d2 = st.columns(2)
+    d1, d2, _ = st.columns([1, 1, 4])
     d1.download_button("Metrics · JSONL", "\n".join(json.dumps(r) for r in run.metrics()) + "\n",
                        file_name=f"{run.name}.metrics.jsonl", mime="application/json", key="dl_jsonl", on_click="ignore")
     d2.download_button("Metrics · CSV", df.to_csv(index=False), file_name=f"{run.name}.metrics.csv", mime="text/csv",

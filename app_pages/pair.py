@@ -71,15 +71,11 @@ st.markdown(table_html(["side", "name", "family", "vocab", "special", "byte fall
                         "sha256"], rows, css_class="xtok-vocab", numeric={3, 4, 5}, mono={8}), unsafe_allow_html=True)
 
 st.subheader("Projection W")
-w = state.cached_projection(student, teacher)
-if w is None:
-    st.info(f"W for {student.name} → {teacher.name} is not built yet. It is built once per pair and cached "
-            "(by the tokenizers' sha256); the Projection and Audit pages build it on first use.")
-    if st.button("Build W", type="primary", key="build_w"):
-        try:
-            w = state.projection_with_progress(student, teacher)
-        except XtokError as e:
-            st.error(str(e))
+try:
+    w = state.projection_with_progress(student, teacher)  # built once per pair, then from the cache
+except XtokError as e:
+    st.error(str(e))
+    w = None
 if w is not None:
     from xtok_core.projection import KINDS
 

@@ -70,12 +70,15 @@ def test_picking_a_student_puts_it_in_the_url():
     assert table_cells(html_blocks(at, "xtok-vocab")[0])[0][1] == "gpt2"
 
 
-def test_build_w_button_builds_and_reports_the_matrix():
-    at = app(student="gpt2", teacher="gpt-4o")  # a pair no other test builds
-    assert "not built yet" in at.info[0].value
-    at.button(key="build_w").click().run()
+def test_pair_page_reports_w():
+    at = app(student="gpt2", teacher="gpt-4o")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["shape"] == "50,257 × 200,019"
+    from xtok_app import state
+
+    w = state.cached_projection(load_tokenizer("gpt2"), load_tokenizer("gpt-4o"))
+    assert metrics["W sha256"] == w.sha256[:12]
+    assert any(f"exact {w.kind_counts()['exact']:,}" in c.value for c in at.main.caption)
 
 
 def test_a_bad_upload_is_one_line_in_the_page(tmp_path):
@@ -97,6 +100,12 @@ def test_an_uploaded_tokenizer_becomes_the_student():
     assert at.query_params["student"] == at.session_state.student
     rows = table_cells(html_blocks(at, "xtok-vocab")[0])
     assert rows[0][3] == "50,257" and rows[0][8] == load_tokenizer("gpt2").sha256[:16]
+    # cached by content hash: the uploaded copy of GPT-2 shares the bundled GPT-2's W
+    from xtok_app import state
+
+    uploaded = state.tokenizer(at.session_state.student)
+    assert uploaded.sha256 == load_tokenizer("gpt2").sha256
+    assert state.cached_projection(uploaded, load_tokenizer("qwen2.5")) is state.projection(load_tokenizer("gpt2"), load_tokenizer("qwen2.5"))
 
 
 def test_an_oversized_upload_is_refused_with_the_limit():

@@ -161,7 +161,9 @@ def test_pair_projection_audit_alignment_in_the_browser(server, page):
     rows = table_rows(pg, "xtok-row")
     assert [r[1] for r in rows] == ["2", "0", "1", "9"]
     assert [r[3] for r in rows] == ["0.90009", "0.09001", "0.00900", "0.00090"]
-    expect(pg.get_by_text(re.compile("re-tokenize pass"))).to_be_visible()
+    # the why, in words and in numbers
+    expect(pg.get_by_role("paragraph").filter(has_text="re-tokenize pass")).to_be_visible()
+    expect(pg.locator("code").filter(has_text="'2' = 0.9/0.9999 = 0.90009").first).to_be_visible()
     assert query(pg) == {"student": "gpt2", "teacher": "qwen2.5", "token": "2019"}
     shot(pg, "projection")
 

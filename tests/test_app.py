@@ -91,6 +91,21 @@ def test_a_bad_upload_is_one_line_in_the_page(tmp_path):
     assert at.session_state.student == "llama-3.2"  # the pair is unchanged
 
 
+def test_a_corrupt_gzip_upload_is_one_line_too():
+    at = app()
+    at.file_uploader(key="upload_tok").upload("tokenizer.json.gz", b"\x1f\x8b not really gzip", "application/gzip").run()
+    assert not at.exception and len(at.error) == 1
+    assert "tokenizer.json.gz" in at.error[0].value and "\n" not in at.error[0].value
+
+
+def test_a_missing_local_path_is_one_line_and_keeps_the_pair(tmp_path):
+    at = app()
+    at.text_input(key="add_path").set_value(str(tmp_path / "nowhere" / "tokenizer.json")).run()
+    at.button(key="add_path_btn").click().run()
+    assert not at.exception and len(at.error) == 1 and "\n" not in at.error[0].value
+    assert at.session_state.student == "llama-3.2"
+
+
 def test_an_uploaded_tokenizer_becomes_the_student():
     raw = gzip.decompress((ASSETS / "gpt2" / "tokenizer.json.gz").read_bytes())
     at = app()

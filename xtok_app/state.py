@@ -62,11 +62,12 @@ def save_upload(filename: str, data: bytes) -> str:
     path.write_bytes(data)
     try:
         load_tokenizer(str(path))
-    except XtokError as e:
+    except Exception as e:  # noqa: BLE001 - whatever a user uploads, the page shows one line
         for p in d.iterdir():
             p.unlink()
         d.rmdir()
-        raise XtokError(str(e).replace(str(path), filename)) from None
+        msg = str(e) if isinstance(e, XtokError) else f"{filename} is not a usable tokenizer ({type(e).__name__}); upload a tokenizer.json saved by Hugging Face tokenizers"
+        raise XtokError(msg.replace(str(path), filename)) from None
     (d / "upload.json").write_text(json.dumps({"name": filename}))
     return UPLOAD_PREFIX + key
 

@@ -1,31 +1,40 @@
 """Span alignment between two tokenizations of one text (SeDi, SPEC §4).
 
 Nodes are the student's and the teacher's tokens, edges join tokens whose byte spans overlap, and the
-alignment groups are the connected components. Both tokenizations partition the same bytes in order,
-so a component is a contiguous run on both sides that ends where both sides have a boundary: the fast
-path intersects the two sides' boundary sets (NumPy `isin` + `cumsum`) over a whole batch at once, and
-the bipartite `networkx` graph is built only for display (`Alignment.to_networkx`).
+alignment groups are the connected components. Both tokenizations cover the same bytes in order, so
+a component is a contiguous run on both sides that ends where both sides have a boundary: the fast
+path marks each side's possible cut bytes, intersects them, and numbers the groups with a `cumsum`,
+for a whole batch of texts at once (concatenated, no Python loop over tokens or groups). The
+bipartite `networkx` graph is built only for display (`Alignment.to_networkx`); tests check that its
+connected components are the fast groups.
 
-Alignment spans: the byte spans the groups are computed on, derived from `Tok.encode` offsets.
-  * Special tokens (and ids without bytes) are their own groups and never join text.
-  * A non-special token with an empty span (a lone SentencePiece dummy prefix `▁`) takes the first
-    byte of the next text token, so it joins that token's group (the last text token's last byte if
-    none follows; its own "special" group if the side has no text at all).
+Alignment spans, the byte spans the groups are computed on, come from `Tok.encode` offsets:
+  * Special tokens (and ids without bytes) are groups of their own and never join text. [UNK] is not
+    one of them: it stands for text.
   * Bytes no token reports (whitespace a WordPiece pre-tokenizer drops, a combining mark NFC folded
-    into the previous character, the text of an [UNK]) are claimed by one neighbour so that both
-    sides tile the text and no byte belongs to two groups: a gap of ASCII whitespace, or one at the
-    start of the text, goes to the following token (where WordPiece's canonical bytes put the space);
-    any other gap goes to the preceding token.
+    into the character before, the text behind an [UNK]) are claimed so that each side tiles the text
+    and no byte belongs to two groups: a gap splits after its last non-whitespace byte; the part up
+    to there goes to the token before (the [UNK] standing in the gap, if any), the trailing
+    whitespace to the token after (where WordPiece's canonical bytes put a word's space). A gap that
+    opens the text goes to the token after.
+  * A non-special token with an empty span (a lone SentencePiece dummy prefix `▁`) takes the first
+    byte of the next text token, so it joins that token's group (the previous token's last byte if no
+    text token follows; a "special" group of its own if its side has no text).
   * Tokens that share one normalised character share its span; a side may cut only where every token
     before the cut ends at or before it: cut after i iff max(end[0..i]) <= start[i+1].
-  * A text that only one side tokenizes (a whitespace run a WordPiece tokenizer drops entirely) gives
-    one "unaligned" group per token: the graph has no edge there.
+  * A text that only one side tokenizes (a whitespace run that a WordPiece tokenizer drops) gives one
+    "unaligned" group per token, as the graph (no edges there) does.
+Groups are listed in text order; a special token comes before the text group at its byte, after it
+when no text of its side follows (an eos). A text that spells out a special token one tokenizer reads
+as plain text can put that special token inside the other side's group: the group's range then spans
+its position, and the special token stays a group of its own.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 
 import numpy as np
 
@@ -196,73 +205,100 @@ class _Side:
     ids: np.ndarray       # (N,)
     doc: np.ndarray       # (N,) text index of every token
     first: np.ndarray     # (B + 1,) index of every text's first token
-    spans: np.ndarray     # (N, 2) alignment spans in batch byte coordinates (text d starts at base[d])
+    start: np.ndarray     # (N,) alignment spans [start, end) in batch byte coordinates (text d starts at base[d])
+    end: np.ndarray
     lone: np.ndarray      # (N,) bool: special tokens and text-less empty tokens, a group each
+    text: np.ndarray      # indices of the other tokens
+    can_start: np.ndarray  # (len(text),) bool: a group of this side alone may start at this token
+    has_text: np.ndarray  # (B,) bool: the text has text tokens on this side
+
+    @property
+    def spans(self) -> np.ndarray:
+        return np.stack([self.start, self.end], axis=1)
+
+
+@lru_cache(maxsize=64)
+def _lone_ids(tok: Tok) -> np.ndarray:
+    """(V,) bool: ids that are groups of their own (special tokens and id holes; [UNK] stands for text)."""
+    lone = tok.special | tok.holes
+    if "unk" in tok.roles:
+        lone = lone.copy()
+        lone[tok.roles["unk"]] = False
+    return lone
+
+
+def _firsts(doc: np.ndarray, n_texts: int) -> tuple[np.ndarray, np.ndarray]:
+    """For tokens sorted by text: index of every text's first token (B + 1,), and which texts have any."""
+    first = np.searchsorted(doc, np.arange(n_texts + 1))
+    return first, first[1:] > first[:-1]
 
 
 def _side(tok: Tok, encodings: list, base: np.ndarray, text_end_before: np.ndarray) -> _Side:
     """Concatenate one side's encodings and turn offsets into alignment spans (module docstring)."""
-    counts = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    n_texts = len(encodings)
+    counts = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=n_texts)
     first = np.concatenate(([0], np.cumsum(counts)))
-    n = int(first[-1])
-    ids = np.concatenate([e.ids for e in encodings] + [np.zeros(0, np.int64)]).astype(np.int64)
+    ids = np.concatenate([e.ids for e in encodings] + [np.zeros(0, np.int64)]).astype(np.int64, copy=False)
     offsets = np.concatenate([e.offsets.reshape(-1, 2) for e in encodings] + [np.zeros((0, 2), np.int64)])
-    doc = np.repeat(np.arange(len(encodings)), counts)
-    start, end = offsets[:, 0] + base[doc], offsets[:, 1] + base[doc]
-    # Special tokens stand alone; [UNK] stands for text, so it is a text token (with its gap, below).
-    special = (tok.special[ids] | tok.holes[ids]) & (ids != tok.roles.get("unk", -1)) if n else np.zeros(0, bool)
+    doc = np.repeat(np.arange(n_texts), counts)
+    shift = base[doc]
+    start, end = offsets[:, 0] + shift, offsets[:, 1] + shift
+    special = _lone_ids(tok)[ids]
 
     # Text tokens: close the gaps between them so that they tile every text.
     text = np.flatnonzero(~special)
-    s, e, d = start[text], end[text], doc[text]
-    is_first = np.ones(len(text), bool)
-    is_first[1:] = d[1:] != d[:-1]
-    is_last = np.ones(len(text), bool)
-    is_last[:-1] = d[1:] != d[:-1]
+    s, e = start[text], end[text]
+    t_first, has_text = _firsts(doc[text], n_texts)
+    heads, tails = t_first[:-1][has_text], t_first[1:][has_text] - 1
     reach = np.empty_like(s)                       # how far the tokens before this one reach
     if len(text):
         reach[1:] = np.maximum.accumulate(e)[:-1]
-    reach[is_first] = base[d[is_first]]
-    # A gap splits after its last non-whitespace byte: that part to the token before, the trailing
-    # whitespace to the token after (all of it when the gap opens the text).
-    split = np.where(is_first, reach, np.maximum(reach, text_end_before[s]))
-    gap = np.flatnonzero((s > reach) & (split > reach))
-    e[gap - 1] = split[gap]                        # an empty [UNK] before a gap takes it here
-    s = np.minimum(s, split)
+        reach[heads] = base[:-1][has_text]
+    gap = np.flatnonzero(s > reach)
+    if len(gap):
+        # A gap splits after its last non-whitespace byte: that part to the token before, the trailing
+        # whitespace to the token after (all of it when the gap opens the text).
+        split = np.maximum(reach[gap], text_end_before[s[gap]])
+        opens = np.isin(gap, heads)
+        split[opens] = reach[gap[opens]]
+        back = gap[split > reach[gap]]
+        e[back - 1] = split[split > reach[gap]]    # an empty [UNK] before a gap takes it here
+        s[gap] = split
+        reach[1:] = np.maximum.accumulate(e)[:-1]
+        reach[heads] = base[:-1][has_text]
     if len(text):
-        short = is_last & (np.maximum.accumulate(e) < base[d + 1])
-        e[short] = base[d[short] + 1]
+        short = np.maximum.accumulate(e)[tails] < base[1:][has_text]
+        e[tails[short]] = base[1:][has_text][short]
     start[text], end[text] = s, e
 
     # Text tokens still empty (a dummy prefix) take the first byte of the next text token, else the
     # last byte of the previous one; with no text token in their text they stand alone.
-    full = text[e > s]
-    empty = text[e <= s]
-    s, e, d = start[full], end[full], doc[full]
-    nxt = np.searchsorted(full, empty)
-    has_next = nxt < len(full)
-    has_next[has_next] &= d[nxt[has_next]] == doc[empty[has_next]]
-    prv = nxt - 1
-    has_prev = ~has_next & (prv >= 0)
-    has_prev[has_prev] &= d[prv[has_prev]] == doc[empty[has_prev]]
-    start[empty[has_next]] = s[nxt[has_next]]
-    end[empty[has_next]] = s[nxt[has_next]] + 1
-    start[empty[has_prev]] = e[prv[has_prev]] - 1
-    end[empty[has_prev]] = e[prv[has_prev]]
-    lone = special.copy()
-    lone[empty[~(has_next | has_prev)]] = True
-    return _Side(ids, doc, first, np.stack([start, end], axis=1), lone)
-
-
-def _group_starts(side: _Side):
-    """Text tokens (indices), and whether a group of this side alone may start at each: the text's first
-    token, or one that every earlier token ends at or before."""
-    text = np.flatnonzero(~side.lone)
-    s, e, d = side.spans[text, 0], side.spans[text, 1], side.doc[text]
-    can_start = np.ones(len(text), bool)
-    if len(text):
-        can_start[1:] = (np.maximum.accumulate(e)[:-1] <= s[1:]) | (d[1:] != d[:-1])
-    return text, can_start
+    # A token may start a group of this side where every earlier token of its text ends at or before it.
+    lone, can_start = special, reach <= s
+    hollow = e <= s
+    if hollow.any():
+        lone = special.copy()
+        full, empty = text[~hollow], text[hollow]
+        s, e, d = start[full], end[full], doc[full]
+        nxt = np.searchsorted(full, empty)
+        has_next = nxt < len(full)
+        has_next[has_next] &= d[nxt[has_next]] == doc[empty[has_next]]
+        prv = nxt - 1
+        has_prev = ~has_next & (prv >= 0)
+        has_prev[has_prev] &= d[prv[has_prev]] == doc[empty[has_prev]]
+        start[empty[has_next]] = s[nxt[has_next]]
+        end[empty[has_next]] = s[nxt[has_next]] + 1
+        start[empty[has_prev]] = e[prv[has_prev]] - 1
+        end[empty[has_prev]] = e[prv[has_prev]]
+        lone[empty[~(has_next | has_prev)]] = True
+        text = np.flatnonzero(~lone)
+        s, e = start[text], end[text]
+        t_first, has_text = _firsts(doc[text], n_texts)
+        can_start = np.ones(len(text), bool)
+        if len(text):
+            can_start[1:] = np.maximum.accumulate(e)[:-1] <= s[1:]
+            can_start[t_first[:-1][has_text]] = True
+    return _Side(ids, doc, first, start, end, lone, text, can_start, has_text)
 
 
 @dataclass
@@ -280,14 +316,6 @@ class _Groups:
     t_group: np.ndarray
 
 
-def _sorted_isin(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
-    """values[i] in sorted_set, for a sorted set (cheaper than np.isin's sort)."""
-    if not len(sorted_set):
-        return np.zeros(len(values), bool)
-    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
-    return sorted_set[at] == values
-
-
 def _text_follows(side: _Side, text: np.ndarray, lone: np.ndarray) -> np.ndarray:
     """For lone tokens: does a text token of the same text come after it on its side?"""
     nxt = np.searchsorted(text, lone)
@@ -301,74 +329,112 @@ def _none(k: int) -> np.ndarray:
 
 
 def _align(student: _Side, teacher: _Side, n_texts: int) -> _Groups:
-    """Groups of a whole batch: boundary intersection, no loop over tokens."""
-    s_text, s_can = _group_starts(student)
-    t_text, t_can = _group_starts(teacher)
-    s_doc, t_doc = student.doc[s_text], teacher.doc[t_text]
-    two_sided = (np.bincount(s_doc, minlength=n_texts) > 0) & (np.bincount(t_doc, minlength=n_texts) > 0)
-    s_two, t_two = two_sided[s_doc], two_sided[t_doc]
-    # A group ends where both sides may cut at the same byte (texts only one side tokenizes: every token).
-    s_cut_bytes = student.spans[s_text[s_can & s_two], 0]
-    t_cut_bytes = teacher.spans[t_text[t_can & t_two], 0]
-    s_start_here = ~s_two | (s_can & _sorted_isin(student.spans[s_text, 0], t_cut_bytes))
-    t_start_here = ~t_two | (t_can & _sorted_isin(teacher.spans[t_text, 0], s_cut_bytes))
+    """Groups of a whole batch: boundary intersection, no loop over tokens or groups."""
+    s_text, s_can, s_has = student.text, student.can_start, student.has_text
+    t_text, t_can, t_has = teacher.text, teacher.can_start, teacher.has_text
+    two_sided = s_has & t_has
+    everywhere = bool(two_sided.all())
+    s_two = True if everywhere else two_sided[student.doc[s_text]]
+    t_two = True if everywhere else two_sided[teacher.doc[t_text]]
+    # A group starts where both sides may cut at the same byte (a text only one side tokenizes: every token).
+    s_byte, t_byte = student.start[s_text], teacher.start[t_text]
+    n_bytes = int(max(student.end.max(initial=0), teacher.end.max(initial=0))) + 1
+    s_cut, t_cut = np.zeros(n_bytes, bool), np.zeros(n_bytes, bool)
+    s_cut[s_byte[s_can & s_two]] = True
+    t_cut[t_byte[t_can & t_two]] = True
+    s_head, t_head = s_can & t_cut[s_byte], t_can & s_cut[t_byte]
+    if not everywhere:
+        s_head |= ~s_two
+        t_head |= ~t_two
+    s_run, t_run = _runs(s_text, s_head), _runs(t_text, t_head)
 
-    def runs(text, start_here, side):
-        """(first token, last token, token count, start byte, doc) of each group on one side."""
-        heads = np.flatnonzero(start_here)
-        tails = np.append(heads[1:], len(text))[:len(heads)] - 1
-        return text[heads], text[tails], tails - heads + 1, side.spans[text[heads], 0], side.doc[text[heads]]
+    # Text groups, in text order, as columns: doc, start byte, kind, first/last position on each side.
+    s_doc = student.doc[s_run.first]
+    s_pos, s_end = s_run.first - student.first[s_doc], s_run.last - student.first[s_doc]
+    if everywhere:  # the common case: the i-th run of one side is the i-th run of the other
+        if len(s_run.first) != len(t_run.first):
+            raise XtokError("span alignment found different group boundaries on the two sides; report this text as a bug")
+        t_off = teacher.first[s_doc]
+        cols = [s_doc, s_byte[s_run.head], (t_run.count > 1) + 2 * (s_run.count > 1),
+                s_pos, s_end, t_run.first - t_off, t_run.last - t_off]
+        t_seq = None
+    else:
+        cols, t_seq = _text_groups_with_one_sided(student, teacher, two_sided, s_run, t_run, s_doc, s_byte, t_byte, s_pos, s_end)
 
-    sf, sl, sn, sb, sd = runs(s_text, s_start_here, student)
-    tf, tl, tn, tb, td = runs(t_text, t_start_here, teacher)
-    s_pair, t_pair = two_sided[sd], two_sided[td]
-    if s_pair.sum() != t_pair.sum():  # both sides list the same common boundaries; anything else is a bug
-        raise XtokError("span alignment found different group boundaries on the two sides; report this text as a bug")
-    # A lone token sorts before the text at its byte, unless no text of its side follows it (an eos).
-    s_lone_class = np.where(_text_follows(student, s_text, s_lone := np.flatnonzero(student.lone)), 0, 2)
-    t_lone_class = np.where(_text_follows(teacher, t_text, t_lone := np.flatnonzero(teacher.lone)), 0, 2)
-    pairs_s, pairs_t = np.flatnonzero(s_pair), np.flatnonzero(t_pair)
-    s_only, t_only = np.flatnonzero(~s_pair), np.flatnonzero(~t_pair)
-    ps, pt = sn[pairs_s], tn[pairs_t]
-    pair_kind = np.where(ps == 1, np.where(pt == 1, 0, 1), np.where(pt == 1, 2, 3))
-    # Every group as one record; columns: doc, byte, class (lone 0, text 1, trailing lone 2), side,
-    # student first/last token, teacher first/last token, kind.
-    cols = [np.concatenate(parts).astype(np.int64) for parts in zip(
-        (sd[pairs_s], sb[pairs_s], np.ones(len(pairs_s)), np.zeros(len(pairs_s)), sf[pairs_s], sl[pairs_s], tf[pairs_t], tl[pairs_t], pair_kind),
-        (sd[s_only], sb[s_only], np.ones(len(s_only)), np.zeros(len(s_only)), sf[s_only], sl[s_only], _none(len(s_only)), _none(len(s_only)), np.full(len(s_only), _UNALIGNED)),
-        (td[t_only], tb[t_only], np.ones(len(t_only)), np.ones(len(t_only)), _none(len(t_only)), _none(len(t_only)), tf[t_only], tl[t_only], np.full(len(t_only), _UNALIGNED)),
-        (student.doc[s_lone], student.spans[s_lone, 0], s_lone_class, np.zeros(len(s_lone)), s_lone, s_lone, _none(len(s_lone)), _none(len(s_lone)), np.full(len(s_lone), _SPECIAL)),
-        (teacher.doc[t_lone], teacher.spans[t_lone, 0], t_lone_class, np.ones(len(t_lone)), _none(len(t_lone)), _none(len(t_lone)), t_lone, t_lone, np.full(len(t_lone), _SPECIAL)),
-    )]
-    doc, byte, klass, side, s_first, s_last, t_first, t_last, kind = cols
-    order = np.lexsort((np.maximum(s_first, t_first), side, klass, byte, doc))
-    n_groups = len(order)
-    rank_of = np.empty(n_groups, np.int64)
-    doc_sorted = doc[order]
-    group_first = np.searchsorted(doc_sorted, np.arange(n_texts))
-    rank_of[order] = np.arange(n_groups) - group_first[doc_sorted]
+    # Lone tokens (few) go between the text groups: before the text group at their byte, unless no
+    # text of their side follows them in the text (an eos); ties by side, then position.
+    s_lone, t_lone = np.flatnonzero(student.lone), np.flatnonzero(teacher.lone)
+    lone_side = np.repeat([0, 1], [len(s_lone), len(t_lone)])
+    lone_tok = np.concatenate((s_lone, t_lone))
+    lone_doc = np.concatenate((student.doc[s_lone], teacher.doc[t_lone]))
+    lone_byte = np.concatenate((student.start[s_lone], teacher.start[t_lone]))
+    lone_class = np.where(np.concatenate((_text_follows(student, s_text, s_lone), _text_follows(teacher, t_text, t_lone))), 0, 2)
+    order = np.lexsort((lone_tok, lone_side, lone_class, lone_byte, lone_doc))
+    lone_key = ((lone_doc * n_bytes + lone_byte) * 4 + lone_class)[order]
+    text_key = (cols[0] * n_bytes + cols[1]) * 4 + 1
+    insert_at = np.searchsorted(text_key, lone_key)
+    lone_pos = np.where(lone_side == 0, s_lone_pos := lone_tok - np.concatenate((student.first[student.doc[s_lone]], teacher.first[teacher.doc[t_lone]])), -1)[order]
+    lone_t_pos = np.where(lone_side == 1, s_lone_pos, -1)[order]
+    doc, _, kind, s_first, s_last, t_first, t_last = (
+        np.insert(c, insert_at, v) for c, v in zip(cols, (lone_doc[order], lone_byte[order], _SPECIAL, lone_pos, lone_pos, lone_t_pos, lone_t_pos)))
+    n = len(doc)
+    rank = np.arange(n) - np.searchsorted(doc, np.arange(n_texts))[doc]
 
-    # Every token's group: text tokens through their run, lone tokens are their record.
-    n_pairs, n_s_only = len(pairs_s), len(s_only)
-    s_record = np.empty(len(sf), np.int64)
-    s_record[pairs_s] = np.arange(n_pairs)
-    s_record[s_only] = n_pairs + np.arange(n_s_only)
-    t_record = np.empty(len(tf), np.int64)
-    t_record[pairs_t] = np.arange(n_pairs)
-    t_record[t_only] = n_pairs + n_s_only + np.arange(len(t_only))
-    lone_base = n_pairs + n_s_only + len(t_only)
+    # Every token's group rank: text tokens through their run, lone tokens are their record.
+    lone_at = insert_at + np.arange(len(order))
+    text_rank = np.delete(rank, lone_at)
+    lone_rank = np.empty(len(order), np.int64)
+    lone_rank[order] = rank[lone_at]
     s_group = np.empty(len(student.ids), np.int64)
-    s_group[s_text] = rank_of[s_record[np.cumsum(s_start_here) - 1]]
-    s_group[s_lone] = rank_of[lone_base + np.arange(len(s_lone))]
+    s_group[s_text] = text_rank[s_run.of_token] if t_seq is None else text_rank[t_seq[0]][s_run.of_token]
+    s_group[s_lone] = lone_rank[:len(s_lone)]
     t_group = np.empty(len(teacher.ids), np.int64)
-    t_group[t_text] = rank_of[t_record[np.cumsum(t_start_here) - 1]]
-    t_group[t_lone] = rank_of[lone_base + len(s_lone) + np.arange(len(t_lone))]
+    t_group[t_text] = text_rank[t_run.of_token] if t_seq is None else text_rank[t_seq[1]][t_run.of_token]
+    t_group[t_lone] = lone_rank[len(s_lone):]
+    return _Groups(doc, rank, kind, s_first, s_last, t_first, t_last, s_group, t_group)
 
-    def local(idx, side_):
-        return np.where(idx >= 0, idx - side_.first[doc], -1)[order]
 
-    return _Groups(doc_sorted, rank_of[order], kind[order], local(s_first, student), local(s_last, student),
-                   local(t_first, teacher), local(t_last, teacher), s_group, t_group)
+def _text_groups_with_one_sided(student, teacher, two_sided, s_run, t_run, s_doc, s_byte, t_byte, s_pos, s_end):
+    """Text-group columns when some texts have text tokens on one side only: those give one
+    "unaligned" group per token; also returns the text-group index of every student and teacher run."""
+    t_doc = teacher.doc[t_run.first]
+    s_pair, t_pair = np.flatnonzero(two_sided[s_doc]), np.flatnonzero(two_sided[t_doc])
+    if len(s_pair) != len(t_pair):
+        raise XtokError("span alignment found different group boundaries on the two sides; report this text as a bug")
+    t_only = np.flatnonzero(~two_sided[t_doc])
+    # every student run (paired or student-only), and the teacher-only runs, merged by text index
+    s_seq = np.arange(len(s_run.first)) + np.searchsorted(t_doc[t_only], s_doc)
+    t_only_seq = np.arange(len(t_only)) + np.searchsorted(s_doc, t_doc[t_only])
+    n = len(s_seq) + len(t_only)
+    cols = [np.full(n, -1, np.int64) for _ in range(7)]
+    doc, byte, kind, s_first, s_last, t_first, t_last = cols
+    doc[s_seq], doc[t_only_seq] = s_doc, t_doc[t_only]
+    byte[s_seq], byte[t_only_seq] = s_byte[s_run.head], t_byte[t_run.head[t_only]]
+    kind[:] = _UNALIGNED
+    kind[s_seq[s_pair]] = (t_run.count[t_pair] > 1) + 2 * (s_run.count[s_pair] > 1)
+    s_first[s_seq], s_last[s_seq] = s_pos, s_end
+    t_seq = np.empty(len(t_run.first), np.int64)
+    t_seq[t_pair], t_seq[t_only] = s_seq[s_pair], t_only_seq
+    t_first[t_seq], t_last[t_seq] = t_run.first - teacher.first[t_doc], t_run.last - teacher.first[t_doc]
+    return cols, (s_seq, t_seq)
+
+
+@dataclass
+class _Runs:
+    """One side's groups of text tokens: where each starts among the text tokens, first/last token
+    (batch indices), token count, and the run of every text token."""
+
+    head: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    count: np.ndarray
+    of_token: np.ndarray
+
+
+def _runs(text: np.ndarray, head: np.ndarray) -> _Runs:
+    heads = np.flatnonzero(head)
+    tails = np.append(heads[1:], len(text))[:len(heads)] - 1
+    return _Runs(heads, text[heads], text[tails], tails - heads + 1, np.cumsum(head) - 1)
 
 
 def _batch_bytes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -465,38 +531,38 @@ def align_batch(texts: list[str], student, teacher, *, add_special_tokens: bool 
 
 
 def _pad(n_texts: int, s: _Side, t: _Side, g: _Groups, max_length: int | None) -> BatchAlignment:
+    """Right-padded tensors. Groups, and each side's tokens, are stored text after text, so a boolean
+    mask of the padded grid takes them in order."""
     import torch
 
-    keep = np.ones(len(g.doc), bool)
+    keep = None
     if max_length is not None:
         fits = (g.s_end < max_length) & (g.t_end < max_length)
         # keep the groups before the first one that does not fit, per text
         first_misfit = np.full(n_texts, np.iinfo(np.int64).max)
         np.minimum.at(first_misfit, g.doc[~fits], g.rank[~fits])
         keep = g.rank < first_misfit[g.doc]
-    n_groups = np.bincount(g.doc[keep], minlength=n_texts)
-    G = int(n_groups.max()) if n_texts else 0
-    gd, gr = g.doc[keep], g.rank[keep]
+    n_groups = np.bincount(g.doc if keep is None else g.doc[keep], minlength=n_texts)
+    slots = np.arange(int(n_groups.max(initial=0)))[None, :] < n_groups[:, None]
 
     def grid(values, fill=-1):
-        out = np.full((n_texts, G), fill, np.int64)
-        out[gd, gr] = values[keep]
+        out = np.full(slots.shape, fill, np.int64)
+        out[slots] = values if keep is None else values[keep]
         return torch.from_numpy(out)
 
     def tokens(side: _Side, group: np.ndarray):
-        pos = np.arange(len(side.ids)) - side.first[side.doc]
-        kept = group < n_groups[side.doc] if len(side.ids) else np.zeros(0, bool)
-        length = np.bincount(side.doc[kept], minlength=n_texts)
-        T = int(length.max()) if n_texts else 0
-        ids = np.zeros((n_texts, T), np.int64)
-        grp = np.full((n_texts, T), -1, np.int64)
-        ids[side.doc[kept], pos[kept]] = side.ids[kept]
-        grp[side.doc[kept], pos[kept]] = group[kept]
-        mask = np.arange(T)[None, :] < length[:, None]
+        kept = None if keep is None else group < n_groups[side.doc]
+        length = np.diff(side.first) if kept is None else np.bincount(side.doc[kept], minlength=n_texts)
+        mask = np.arange(int(length.max(initial=0)))[None, :] < length[:, None]
+        ids = np.zeros(mask.shape, np.int64)
+        grp = np.full(mask.shape, -1, np.int64)
+        ids[mask] = side.ids if kept is None else side.ids[kept]
+        grp[mask] = group if kept is None else group[kept]
         return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(grp)
 
     s_ids, s_mask, s_grp = tokens(s, g.s_group)
     t_ids, t_mask, t_grp = tokens(t, g.t_group)
     kind = grid(g.kind)
+    group_mask = torch.from_numpy((kind.numpy() >= 0) & (kind.numpy() < _SPECIAL))
     return BatchAlignment(s_ids, s_mask, t_ids, t_mask, s_grp, t_grp, grid(g.s_start), grid(g.s_end),
-                          grid(g.t_start), grid(g.t_end), (kind >= 0) & (kind < _SPECIAL), kind)
+                          grid(g.t_start), grid(g.t_end), group_mask, kind)

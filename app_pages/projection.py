@@ -59,8 +59,11 @@ if s_id is not None:
         st.markdown(table_html(["teacher id", "teacher piece", "bytes", "weight"], rows, css_class="xtok-row",
                                numeric={0, 3}, mono={1, 2}), unsafe_allow_html=True)
         if ex.sequence:
-            st.markdown("Teacher pieces in order " + chips_html(teacher, [p.teacher_id for p in ex.sequence], show_ids=True),
-                        unsafe_allow_html=True)
+            dropped = {i for i, p in enumerate(ex.sequence) if p.weight == 0.0}
+            st.markdown("Teacher pieces in order " + chips_html(teacher, [p.teacher_id for p in ex.sequence], show_ids=True,
+                                                                faded=dropped), unsafe_allow_html=True)
+            if dropped:
+                st.caption(f"Struck-through pieces come after max_pieces={w.params['max_pieces']} and are dropped.")
     with right:
         st.subheader("Why")
         st.markdown(ex.reason)

@@ -1,5 +1,6 @@
 """The explorer's pages, run headless with streamlit.testing.v1.AppTest on the real bundled tokenizers."""
 
+import contextlib
 import gzip
 import json
 import os
@@ -155,6 +156,19 @@ def test_projection_explains_the_spec_example_in_words_and_numbers():
     formula = [c.value for c in at.code if "(0.9 + 0.009)/0.999 = 0.90991" in c.value]
     assert formula, [c.value for c in at.code]
     assert at.query_params["token"] == "202"
+
+
+def test_a_truncated_row_shows_which_pieces_were_dropped(projection):
+    import numpy as np
+
+    from xtok_core.projection import KINDS
+
+    w = projection("llama-3.2", "qwen2.5")
+    s = int(np.flatnonzero((w.kinds == KINDS.index("truncated")) & (w.n_pieces == 8))[0])
+    at = app("projection", token=f"id:{s}")
+    order = [m.value for m in at.markdown if m.value.startswith("Teacher pieces in order")][0]
+    assert order.count('class="xtok-chip faded"') == 4 and order.count('class="xtok-chip"') == 4
+    assert any("after max_pieces=4" in c.value for c in at.caption)
 
 
 def test_picking_another_match_shares_it_by_id():
@@ -356,4 +370,5 @@ def test_the_run_form_launches_the_cli_with_the_chosen_settings():
         assert at.session_state.selected_run == run.name
         assert any(run.name in s.value for s in at.success)
     finally:
-        runs.stop_run(run)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)  # only the command line is under test here

@@ -50,6 +50,7 @@ CHIP_CSS = """
 <style>
 .xtok-chips{line-height:2.3;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.95rem}
 .xtok-chip{padding:2px 4px;margin:0 2px 0 0;border-radius:4px;border:1px solid rgba(0,0,0,.12);white-space:pre}
+.xtok-chip.faded{opacity:.35;text-decoration:line-through}
 .xtok-chip sub{font-size:.62rem;opacity:.6;margin-left:2px}
 table.xtok-table{border-collapse:collapse;font-size:.92rem;margin:.3rem 0 .8rem 0}
 table.xtok-table th,table.xtok-table td{border-bottom:1px solid rgba(128,128,128,.25);padding:4px 10px;text-align:left}
@@ -59,15 +60,17 @@ table.xtok-table td.piece{font-family:ui-monospace,SFMono-Regular,Menlo,monospac
 """
 
 
-def chips_html(tok, ids, colour_keys=None, *, show_ids: bool = False, css_class: str = "") -> str:
-    """Tokens as coloured chips. `colour_keys[i]` picks chip i's colour (default: its token id)."""
+def chips_html(tok, ids, colour_keys=None, *, show_ids: bool = False, css_class: str = "", faded=()) -> str:
+    """Tokens as coloured chips. `colour_keys[i]` picks chip i's colour (default: its token id);
+    chips at the positions in `faded` are drawn faded and struck through (e.g. pieces W drops)."""
     keys = list(ids) if colour_keys is None else list(colour_keys)
     out = []
-    for tid, key in zip(map(int, ids), map(int, keys)):
+    for i, (tid, key) in enumerate(zip(map(int, ids), map(int, keys))):
         label = esc(token_label(tok, tid))
         title = esc(f"id {tid} · bytes {hex_bytes(tok.token_bytes[tid])}")
         sub = f"<sub>{tid}</sub>" if show_ids else ""
-        out.append(f'<span class="xtok-chip" style="background:{colour(key)}" title="{title}">{label}{sub}</span>')
+        cls = "xtok-chip faded" if i in faded else "xtok-chip"
+        out.append(f'<span class="{cls}" style="background:{colour(key)}" title="{title}">{label}{sub}</span>')
     return f'<div class="xtok-chips {css_class}">{"".join(out)}</div>'
 
 

@@ -183,6 +183,16 @@ def test_model_directory_without_config_fails_the_run_with_one_line(tmp_path):
     assert (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_cli_reports_a_failed_run_in_one_line(tmp_path, capsys):
+    from xtok_core.cli import main
+
+    (tmp_path / "model").mkdir()
+    rc = main(["distill", "--student", str(tmp_path / "model"), "--loss", "ce", "--steps", "1", "--no-progress",
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("xtok distill: error:") and "config.json" in err
+
+
 def test_teacher_whose_vocab_does_not_match_w_fails_the_run(tmp_path, projection):
     w_file = projection("llama-3.2", "qwen2.5").save(tmp_path / "W.safetensors")
     # a Qwen-tokenizer teacher with padded logits (151,936 like the released Qwen2.5 models)

@@ -14,7 +14,9 @@ Run directory (read by the app while the run is going):
                         further loss statistics (kd/<teacher index>, unreachable_mass, ...) and,
                         on evaluation steps, eval_accuracy (greedy exact match on held-out arithmetic)
     status.json       {"state": running|finished|failed|stopped, "step": completed steps, "steps": target,
-                       "pid", "updated" (unix s), "error": one line (failed), "checkpoint": "step-N"}
+                       "pid", "updated" (unix s), "error": one line (failed), "checkpoint": "step-N"};
+                      "running" with a pid that no longer exists means the process was killed
+                      (resume it)
     checkpoints/step-N/  model.safetensors, optimizer.safetensors + optimizer.json, rng.safetensors,
                        w.safetensors (learned W), step.json  (N = last completed step, 0-based)
     checkpoints/latest   the name of the newest complete checkpoint, replaced atomically

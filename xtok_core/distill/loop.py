@@ -164,7 +164,9 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
     rank, world, device = _distributed(cfg)
     main = rank == 0
     run = RunDir(out)
-    if not resume and main:
+    if main and resume:
+        run.write_config(cfg.to_dict())  # a resumed run may have a new step target
+    elif main:
         run.create(cfg.to_dict())
     if world > 1:
         dist.barrier()

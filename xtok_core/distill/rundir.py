@@ -46,8 +46,11 @@ class RunDir:
         if self.metrics_path.exists() and self.metrics_path.stat().st_size:
             raise XtokError(f"run directory {self.path} already holds a run; pass another --out or continue it with --resume {self.path}")
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        self.write_config(config)
         self.metrics_path.touch()
+
+    def write_config(self, config: dict) -> None:
+        _write_atomic(self.config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def read_config(self) -> dict:
         try:

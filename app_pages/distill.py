@@ -52,7 +52,8 @@ with st.expander("New run", expanded=not all_runs, icon=":material/add:"), st.fo
     c1, c2, c3 = st.columns(3)
     on_policy = c1.slider("On-policy ratio", 0.0, 1.0, 0.0, 0.05, key="f_onpolicy",
                           help="Share of each batch the student samples itself; the text is decoded and re-tokenized for the teacher.")
-    dynamic = c2.checkbox("Dynamic KD/CE scaling (λ = CE/KD each step)", True, key="f_dynamic")
+    dynamic = c2.checkbox("Dynamic KD/CE scaling", True, key="f_dynamic",
+                          help="λ = sg(CE)/sg(KD) each step, so KD matches CE's size (the paper); off: the fixed weight.")
     kd_weight = c3.number_input("Fixed KD weight (when not dynamic)", 0.0, 100.0, 1.0, key="f_kdw")
     second = st.checkbox("Add a second teacher", key="f_second")
     c1, c2 = st.columns([3, 1])
@@ -64,8 +65,9 @@ with st.expander("New run", expanded=not all_runs, icon=":material/add:"), st.fo
         c1, c2, c3 = st.columns(3)
         batch = c1.number_input("Batch size", 1, 1024, 8, key="f_batch")
         eval_every = c2.number_input("Evaluate arithmetic every N steps (0: never)", 0, 100_000, 50, key="f_eval")
-        demo_teacher = c3.checkbox("Train the demo teacher first (cached, minutes on CPU)", True, key="f_demo",
-                                   help="Off: a `tiny:` teacher starts from random weights (for a quick smoke run).")
+        demo_teacher = c3.checkbox("Trained demo teacher", True, key="f_demo",
+                                   help="A `tiny:` teacher is trained on the bundled corpus once (minutes on CPU) and cached "
+                                        "under the runs directory. Off: random weights, for a quick smoke run.")
     submitted = st.form_submit_button("Launch run", type="primary")
 
 if submitted:
@@ -163,7 +165,10 @@ def live() -> None:
     elif run.state in ("ended", "failed") and not df.size:
         st.code(run.log_tail() or "(no output)", language=None)
     if df.empty:
-        st.caption("Waiting for the first step…" if run.running else "This run wrote no metrics.")
+        st.caption("Waiting for the first step (a `tiny:` demo teacher is trained and cached first)…" if run.running
+                   else "This run wrote no metrics.")
+        if run.running and run.log_tail(3):
+            st.code(run.log_tail(3), language=None)
         return
     c1, c2 = st.columns(2)
     parts = {k: df[["step", k]].rename(columns={k: "value"}) for k in ("loss", "kd", "ce") if k in df}

@@ -224,7 +224,7 @@ def test_distill_run_live_curve_stop_and_reopen(server, browser, page):
     pg.get_by_text("More settings").click()
     pg.get_by_label("Batch size", exact=True).fill("2")
     pg.get_by_label(re.compile("^Evaluate arithmetic")).fill("0")
-    pg.get_by_text(re.compile("^Train the demo teacher first")).click()  # random tiny teacher: a CPU smoke run
+    pg.get_by_text("Trained demo teacher", exact=True).click()  # random tiny teacher: a CPU smoke run
     shot(pg, "distill-form")
     pg.get_by_role("button", name="Launch run").click()
     expect(pg.get_by_text(re.compile(r"^Launched "))).to_be_visible()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -233,43 +233,45 @@ def _firsts(doc: np.ndarray, n_texts: int) -> tuple[np.ndarray, np.ndarray]:
     return first, first[1:] > first[:-1]
 
 
-def _side(tok: Tok, encodings: list, base: np.ndarray, text_end_before: np.ndarray) -> _Side:
+def _side(tok: Tok, encodings: list, text_bytes: _BatchBytes) -> _Side:
     """Concatenate one side's encodings and turn offsets into alignment spans (module docstring)."""
-    n_texts = len(encodings)
+    base, n_texts = text_bytes.base, len(encodings)
     counts = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=n_texts)
     first = np.concatenate(([0], np.cumsum(counts)))
     ids = np.concatenate([e.ids for e in encodings] + [np.zeros(0, np.int64)]).astype(np.int64, copy=False)
     offsets = np.concatenate([e.offsets.reshape(-1, 2) for e in encodings] + [np.zeros((0, 2), np.int64)])
     doc = np.repeat(np.arange(n_texts), counts)
-    shift = base[doc]
-    start, end = offsets[:, 0] + shift, offsets[:, 1] + shift
+    offsets += np.repeat(base[:-1], counts)[:, None]
+    start, end = offsets[:, 0], offsets[:, 1]
     special = _lone_ids(tok)[ids]
 
     # Text tokens: close the gaps between them so that they tile every text.
     text = np.flatnonzero(~special)
     s, e = start[text], end[text]
-    t_first, has_text = _firsts(doc[text], n_texts)
+    t_first = np.searchsorted(text, first)
+    has_text = t_first[1:] > t_first[:-1]
     heads, tails = t_first[:-1][has_text], t_first[1:][has_text] - 1
     reach = np.empty_like(s)                       # how far the tokens before this one reach
-    if len(text):
-        reach[1:] = np.maximum.accumulate(e)[:-1]
-        reach[heads] = base[:-1][has_text]
+    reached = np.maximum.accumulate(e) if len(text) else e
+    reach[1:] = reached[:-1]
+    reach[heads] = base[:-1][has_text]
     gap = np.flatnonzero(s > reach)
     if len(gap):
         # A gap splits after its last non-whitespace byte: that part to the token before, the trailing
         # whitespace to the token after (all of it when the gap opens the text).
-        split = np.maximum(reach[gap], text_end_before[s[gap]])
+        split = np.maximum(reach[gap], text_bytes.end_before[s[gap]])
         opens = np.isin(gap, heads)
         split[opens] = reach[gap[opens]]
         back = gap[split > reach[gap]]
         e[back - 1] = split[split > reach[gap]]    # an empty [UNK] before a gap takes it here
         s[gap] = split
-        reach[1:] = np.maximum.accumulate(e)[:-1]
+        reached = np.maximum.accumulate(e)
+        reach[1:] = reached[:-1]
         reach[heads] = base[:-1][has_text]
-    if len(text):
-        short = np.maximum.accumulate(e)[tails] < base[1:][has_text]
-        e[tails[short]] = base[1:][has_text][short]
-    start[text], end[text] = s, e
+    short = reached[tails] < base[1:][has_text]
+    e[tails[short]] = base[1:][has_text][short]
+    if len(gap) or short.any():
+        start[text], end[text] = s, e
 
     # Text tokens still empty (a dummy prefix) take the first byte of the next text token, else the
     # last byte of the previous one; with no text token in their text they stand alone.
@@ -328,7 +330,7 @@ def _none(k: int) -> np.ndarray:
     return np.full(k, -1, np.int64)
 
 
-def _align(student: _Side, teacher: _Side, n_texts: int) -> _Groups:
+def _align(student: _Side, teacher: _Side, n_texts: int, n_bytes: int) -> _Groups:
     """Groups of a whole batch: boundary intersection, no loop over tokens or groups."""
     s_text, s_can, s_has = student.text, student.can_start, student.has_text
     t_text, t_can, t_has = teacher.text, teacher.can_start, teacher.has_text
@@ -338,10 +340,9 @@ def _align(student: _Side, teacher: _Side, n_texts: int) -> _Groups:
     t_two = True if everywhere else two_sided[teacher.doc[t_text]]
     # A group starts where both sides may cut at the same byte (a text only one side tokenizes: every token).
     s_byte, t_byte = student.start[s_text], teacher.start[t_text]
-    n_bytes = int(max(student.end.max(initial=0), teacher.end.max(initial=0))) + 1
     s_cut, t_cut = np.zeros(n_bytes, bool), np.zeros(n_bytes, bool)
-    s_cut[s_byte[s_can & s_two]] = True
-    t_cut[t_byte[t_can & t_two]] = True
+    s_cut[s_byte[s_can if everywhere else s_can & s_two]] = True
+    t_cut[t_byte[t_can if everywhere else t_can & t_two]] = True
     s_head, t_head = s_can & t_cut[s_byte], t_can & s_cut[t_byte]
     if not everywhere:
         s_head |= ~s_two
@@ -370,13 +371,17 @@ def _align(student: _Side, teacher: _Side, n_texts: int) -> _Groups:
     lone_byte = np.concatenate((student.start[s_lone], teacher.start[t_lone]))
     lone_class = np.where(np.concatenate((_text_follows(student, s_text, s_lone), _text_follows(teacher, t_text, t_lone))), 0, 2)
     order = np.lexsort((lone_tok, lone_side, lone_class, lone_byte, lone_doc))
-    lone_key = ((lone_doc * n_bytes + lone_byte) * 4 + lone_class)[order]
-    text_key = (cols[0] * n_bytes + cols[1]) * 4 + 1
-    insert_at = np.searchsorted(text_key, lone_key)
-    lone_pos = np.where(lone_side == 0, s_lone_pos := lone_tok - np.concatenate((student.first[student.doc[s_lone]], teacher.first[teacher.doc[t_lone]])), -1)[order]
-    lone_t_pos = np.where(lone_side == 1, s_lone_pos, -1)[order]
-    doc, _, kind, s_first, s_last, t_first, t_last = (
-        np.insert(c, insert_at, v) for c, v in zip(cols, (lone_doc[order], lone_byte[order], _SPECIAL, lone_pos, lone_pos, lone_t_pos, lone_t_pos)))
+    # Text groups' start bytes and texts increase through the batch: a lone token goes before the
+    # text groups from its byte on, or (trailing) after those starting at or before it in its text.
+    lone_byte, lone_doc, trailing = lone_byte[order], lone_doc[order], lone_class[order] == 2
+    insert_at = np.searchsorted(cols[1], lone_byte)
+    insert_at[trailing] = np.minimum(np.searchsorted(cols[1], lone_byte[trailing], side="right"),
+                                     np.searchsorted(cols[0], lone_doc[trailing], side="right"))
+    position = (lone_tok - np.concatenate((student.first[student.doc[s_lone]], teacher.first[teacher.doc[t_lone]])))[order]
+    on_s = lone_side[order] == 0
+    s_pos, t_pos = np.where(on_s, position, -1), np.where(on_s, -1, position)
+    doc, kind, s_first, s_last, t_first, t_last = (np.insert(c, insert_at, v) for c, v in zip(
+        cols[:1] + cols[2:], (lone_doc, _SPECIAL, s_pos, s_pos, t_pos, t_pos)))
     n = len(doc)
     rank = np.arange(n) - np.searchsorted(doc, np.arange(n_texts))[doc]
 
@@ -433,27 +438,33 @@ class _Runs:
 
 def _runs(text: np.ndarray, head: np.ndarray) -> _Runs:
     heads = np.flatnonzero(head)
-    tails = np.append(heads[1:], len(text))[:len(heads)] - 1
-    return _Runs(heads, text[heads], text[tails], tails - heads + 1, np.cumsum(head) - 1)
+    count = np.diff(heads, append=len(text))
+    return _Runs(heads, text[heads], text[heads + count - 1], count, np.cumsum(head) - 1)
 
 
-def _batch_bytes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """base (B + 1,): byte offset of every text in the concatenation; text_end_before (total + 1,):
-    for every byte position, the end of the last non-whitespace byte before it (0 if none)."""
-    raws = [t.encode("utf-8", errors="surrogatepass") for t in texts]
-    lengths = np.fromiter(map(len, raws), dtype=np.int64, count=len(raws))
-    base = np.concatenate(([0], np.cumsum(lengths)))
-    solid = ~_WHITESPACE[np.frombuffer(b"".join(raws), dtype=np.uint8)]
-    ends = np.where(solid, np.arange(1, len(solid) + 1), 0)
-    return base, np.concatenate(([0], np.maximum.accumulate(ends) if len(ends) else ends))
+class _BatchBytes:
+    """The batch's texts as one byte string: `base` (B + 1,) is every text's offset in it."""
+
+    def __init__(self, texts: list[str]):
+        self.raws = [t.encode("utf-8", errors="surrogatepass") for t in texts]
+        lengths = np.fromiter(map(len, self.raws), dtype=np.int64, count=len(self.raws))
+        self.base = np.concatenate(([0], np.cumsum(lengths)))
+
+    @cached_property
+    def end_before(self) -> np.ndarray:
+        """(total + 1,): for every byte position, the end of the last non-whitespace byte before it
+        (0 if none). Only texts with gaps in a tokenization need it."""
+        solid = ~_WHITESPACE[np.frombuffer(b"".join(self.raws), dtype=np.uint8)]
+        ends = np.where(solid, np.arange(1, len(solid) + 1), 0)
+        return np.concatenate(([0], np.maximum.accumulate(ends) if len(ends) else ends))
 
 
 def align_encodings(texts: list[str], student: Tok, teacher: Tok, student_encodings: list, teacher_encodings: list):
     """Group a batch of already-encoded texts: (student side, teacher side, groups), all vectorised."""
-    base, text_end_before = _batch_bytes(texts)
-    s = _side(student, student_encodings, base, text_end_before)
-    t = _side(teacher, teacher_encodings, base, text_end_before)
-    return s, t, _align(s, t, len(texts))
+    text_bytes = _BatchBytes(texts)
+    s = _side(student, student_encodings, text_bytes)
+    t = _side(teacher, teacher_encodings, text_bytes)
+    return s, t, _align(s, t, len(texts), int(text_bytes.base[-1]) + 1)
 
 
 def align_spans(text: str, student, teacher, *, add_special_tokens: bool = False) -> Alignment:

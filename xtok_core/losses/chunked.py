@@ -1,10 +1,12 @@
-"""Row-wise losses evaluated in chunks of rows, recomputed in backward.
+"""Row-wise losses evaluated in chunks of rows, for losses whose backward autograd can derive.
 
-The same memory discipline as `ProjectedKL`, for losses whose backward autograd can derive (H-KL, GOLD,
-ULD, direct KL): forward runs the row kernel chunk by chunk without a graph and keeps only the per-row
-losses; backward re-runs one chunk at a time under autograd and writes its gradient into the gradient
-of the student rows. A full sort of the vocabulary (ULD) or a log-softmax over V_t is therefore held for
-one chunk at a time, never for all N rows.
+The same memory discipline as `ProjectedKL`, for H-KL, GOLD, ULD and direct KL: only one chunk's graph
+(a log-softmax over V_t, a full sort of the vocabulary for ULD) exists at a time, never all N rows'.
+- fused (default): forward runs each chunk under autograd, takes its gradient for a unit upstream
+  gradient at once into a buffer shaped like the student rows and frees the chunk; backward only scales
+  each row by its upstream gradient (rows are independent, so this is exact). A second backward through
+  a retained graph falls back to recomputing.
+- recompute: forward keeps only the per-row losses; backward re-runs one chunk at a time.
 
 A row kernel is `kernel(s_rows (c, V_s), t_rows (c, V_t), s_off (c,) | None, t_off (c,) | None) -> (c,)`.
 """
@@ -14,55 +16,84 @@ from __future__ import annotations
 import torch
 
 
+def _part(t, i, j):
+    return None if t is None else t[i:j]
+
+
+def _chunk_grads(kernel, s, t, s_off, t_off, scale, need_x, need_off):
+    """(losses (c,), ∂s (c, V_s) | None, ∂s_off (c,) | None) of Σ scale·kernel over one chunk."""
+    with torch.enable_grad():
+        xs = s.detach().requires_grad_(need_x)
+        so = None if s_off is None else s_off.detach().requires_grad_(need_off)
+        out = kernel(xs, t.detach(), so, t_off)
+        wrt = [a for a, need in ((xs, need_x), (so, need_off)) if need]
+        grads = list(torch.autograd.grad(out, wrt, scale.to(out.dtype), allow_unused=True)) if wrt else []
+    g_x = grads.pop(0) if need_x else None
+    g_off = grads.pop(0) if need_off else None
+    return out.detach(), g_x, g_off
+
+
 class ChunkedRows(torch.autograd.Function):
     """Per-row losses `(N,)` of `kernel` over chunks of `chunk_size` rows; the teacher gets no gradient."""
 
     @staticmethod
-    def forward(ctx, kernel, chunk_size, s_rows, t_rows, s_off, t_off):
+    def forward(ctx, kernel, chunk_size, fused, s_rows, t_rows, s_off, t_off):
         n = s_rows.shape[0]
+        need_x, need_off = s_rows.requires_grad, s_off is not None and s_off.requires_grad
+        ctx.kernel, ctx.chunk_size, ctx.fused = kernel, chunk_size, fused
         outs = []
-        with torch.no_grad():
+        if fused:
+            gx = torch.zeros_like(s_rows) if need_x else None
+            goff = torch.zeros_like(s_off) if need_off else None
             for i in range(0, n, chunk_size):
                 j = min(n, i + chunk_size)
-                outs.append(kernel(s_rows[i:j], t_rows[i:j], _part(s_off, i, j), _part(t_off, i, j)))
-        ctx.kernel, ctx.chunk_size = kernel, chunk_size
+                ones = torch.ones(j - i, dtype=torch.float32, device=s_rows.device)
+                out, g_x, g_off = _chunk_grads(kernel, s_rows[i:j], t_rows[i:j], _part(s_off, i, j),
+                                               _part(t_off, i, j), ones, need_x, need_off)
+                outs.append(out)
+                if g_x is not None:
+                    gx[i:j] = g_x
+                if g_off is not None:
+                    goff[i:j] = g_off
+        else:
+            gx = goff = None
+            with torch.no_grad():
+                for i in range(0, n, chunk_size):
+                    j = min(n, i + chunk_size)
+                    outs.append(kernel(s_rows[i:j], t_rows[i:j], _part(s_off, i, j), _part(t_off, i, j)))
+        # the inputs are saved in both modes: a second backward through a retained graph recomputes
         ctx.save_for_backward(s_rows, t_rows, s_off, t_off)
-        if not outs:
-            return s_rows.new_zeros(0, dtype=torch.float32)
-        return torch.cat(outs)
+        ctx.buffers = (gx, goff)  # not saved tensors: backward scales them in place
+        return torch.cat(outs) if outs else s_rows.new_zeros(0, dtype=torch.float32)
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.fused and not getattr(ctx, "consumed", False):
+            gx, goff = ctx.buffers
+            ctx.buffers = None
+            ctx.consumed = True  # the buffers are scaled in place: a second backward takes the recompute path
+            gx = None if gx is None else gx.mul_(grad_out[:, None])
+            goff = None if goff is None else goff.mul_(grad_out)
+            return None, None, None, gx, None, goff, None
         s_rows, t_rows, s_off, t_off = ctx.saved_tensors
-        need_x, _, need_off, _ = ctx.needs_input_grad[2:6]
+        need_x, _, need_off, _ = ctx.needs_input_grad[3:7]
         gx = torch.zeros_like(s_rows) if need_x else None
         goff = torch.zeros_like(s_off) if need_off else None
         n = s_rows.shape[0]
         for i in range(0, n, ctx.chunk_size):
             j = min(n, i + ctx.chunk_size)
-            with torch.enable_grad():
-                xs = s_rows[i:j].detach().requires_grad_(need_x)
-                so = _part(s_off, i, j)
-                so = None if so is None else so.detach().requires_grad_(need_off)
-                out = ctx.kernel(xs, t_rows[i:j].detach(), so, _part(t_off, i, j))
-                wrt = [a for a, need in ((xs, need_x), (so, need_off)) if need]
-                grads = torch.autograd.grad(out, wrt, grad_out[i:j].to(out.dtype), allow_unused=True)
-            grads = list(grads)
-            if need_x:
-                g = grads.pop(0)
-                if g is not None:
-                    gx[i:j] = g
-            if need_off:
-                g = grads.pop(0)
-                if g is not None:
-                    goff[i:j] = g
-        return None, None, gx, None, goff, None
+            _, g_x, g_off = _chunk_grads(ctx.kernel, s_rows[i:j], t_rows[i:j], _part(s_off, i, j),
+                                         _part(t_off, i, j), grad_out[i:j], need_x, need_off)
+            if g_x is not None:
+                gx[i:j] = g_x
+            if g_off is not None:
+                goff[i:j] = g_off
+        return None, None, None, gx, None, goff, None
 
 
-def _part(t, i, j):
-    return None if t is None else t[i:j]
-
-
-def chunked_rows(kernel, s_rows, t_rows, s_off=None, t_off=None, *, chunk_size: int) -> torch.Tensor:
-    """`kernel` over all rows, chunked with recompute: `(N,)` per-row losses."""
-    return ChunkedRows.apply(kernel, int(chunk_size), s_rows, t_rows, s_off, t_off)
+def chunked_rows(kernel, s_rows, t_rows, s_off=None, t_off=None, *, chunk_size: int,
+                 recompute: bool = False) -> torch.Tensor:
+    """`kernel` over all rows in chunks: `(N,)` per-row losses (see the module docstring for the modes)."""
+    fused = (not recompute and torch.is_grad_enabled()
+             and (s_rows.requires_grad or (s_off is not None and s_off.requires_grad)))
+    return ChunkedRows.apply(kernel, int(chunk_size), fused, s_rows, t_rows, s_off, t_off)

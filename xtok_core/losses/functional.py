@@ -85,38 +85,41 @@ def _mean(rows: torch.Tensor, student_logits: torch.Tensor, temperature: float) 
     return rows.mean() * temperature**2
 
 
-def _run_rows(kernel, s, t, s_off, t_off, naive, chunk_size):
+def _run_rows(kernel, s, t, s_off, t_off, naive, chunk_size, recompute=False):
     if naive:
         return kernel(s, t.detach(), s_off, None if t_off is None else t_off.detach())
     if chunk_size is None:
         chunk_size = auto_chunk_size(s.shape[-1], t.shape[-1])
     return chunked_rows(kernel, s, t.detach(), s_off, None if t_off is None else t_off.detach(),
-                        chunk_size=chunk_size)
+                        chunk_size=chunk_size, recompute=recompute)
 
 
 def pkl_rows(student_logits, teacher_logits, W, *, temperature=1.0, chunk_size=None, naive=False,
-             values=None, student_log_offset=None, teacher_log_offset=None):
-    """P-KL per row: `(losses (N,), unreachable_mass (N,))`, no τ² (see `pkl_loss`)."""
+             recompute=False, values=None, student_log_offset=None, teacher_log_offset=None):
+    """P-KL per row: `(losses (N,), unreachable_mass (N,))`, no τ² (see `pkl_loss`).
+
+    `values (nnz,)`: other non-zero values on W's pattern (a learned W)."""
     _check_rows(student_logits, teacher_logits)
     sw = as_sparse_w(W, student_logits.device)
     sw.check_vocab(student_logits.shape[-1], teacher_logits.shape[-1])
     t_off = None if teacher_log_offset is None else teacher_log_offset.detach()
-    fn = projected_kl_rows_dense if naive else partial(projected_kl_rows, chunk_size=chunk_size)
+    fn = projected_kl_rows_dense if naive else partial(projected_kl_rows, chunk_size=chunk_size, recompute=recompute)
     return fn(student_logits, teacher_logits.detach(), sw, values=values, s_off=student_log_offset,
               t_off=t_off, temperature=temperature)
 
 
 def pkl_loss(student_logits, teacher_logits, W, *, temperature=1.0, return_stats=False, chunk_size=None,
-             naive=False, student_log_offset=None, teacher_log_offset=None):
+             naive=False, recompute=False, student_log_offset=None, teacher_log_offset=None):
     """P-KL (X-Token): `KL(p_t ‖ softmax(z_s/τ) @ W)` with log(q + 1e-10), mean over rows, × τ².
 
     student_logits (N, V_s), teacher_logits (N, V_t), W (V_s, V_t) -> scalar.
     A teacher token that no student row reaches has q = 0: it adds a constant and no gradient. With
     `return_stats=True` the result is `(loss, {"unreachable_mass": float})`, that mass being the mean
-    teacher probability on such tokens.
+    teacher probability on such tokens. `recompute=True` recomputes each chunk in backward instead of
+    writing its gradient during forward (same numbers, less memory held between forward and backward).
     """
     rows, lost = pkl_rows(student_logits, teacher_logits, W, temperature=temperature, chunk_size=chunk_size,
-                          naive=naive, student_log_offset=student_log_offset,
+                          naive=naive, recompute=recompute, student_log_offset=student_log_offset,
                           teacher_log_offset=teacher_log_offset)
     loss = _mean(rows, student_logits, temperature)
     if return_stats:

@@ -158,6 +158,25 @@ def test_nfc_composed_character_aligns_with_its_decomposed_pieces(default_pair):
     assert len(composed) == 1 and len(composed[0].teacher) < len(composed[0].student)
 
 
+def test_tokens_sharing_a_normalised_character_stay_in_one_group(default_pair):
+    """In a text Qwen must NFC-normalise, its byte pieces of 👨 both report the emoji's whole span."""
+    a = align_spans("e\u0301 👨 x", *default_pair)
+    t_spans = a.teacher_spans.tolist()
+    shared = [j for j in range(len(t_spans) - 1) if t_spans[j][1] > t_spans[j + 1][0]]
+    assert shared, "expected overlapping teacher spans in this text"
+    for j in shared:
+        assert a.teacher_group[j] == a.teacher_group[j + 1]
+    assert fast_groups(a) == graph_groups(a)
+
+
+def test_unk_keeps_the_text_it_stands_for(wordpiece):
+    a = align_spans("ok 🦙 ok", "llama-3.2", wordpiece)
+    unk = [j for j, t in enumerate(a.teacher_ids.tolist()) if t == wordpiece.roles["unk"]]
+    assert len(unk) == 1
+    group = a.groups[a.teacher_group[unk[0]]]
+    assert group.kind != "special" and "🦙".encode() in a.group_bytes(group)
+
+
 def test_groups_tile_the_text_and_partition_the_positions(texts):
     for student, teacher in NAMED_PAIRS[:2]:
         for text in texts[:80]:
@@ -209,11 +228,10 @@ def test_text_only_one_side_tokenizes_gives_unaligned_groups(wordpiece):
 
 
 # ------------------------------------------------------------------ batches for training
-def test_align_batch_matches_align_spans_text_by_text(default_pair, texts):
-    batch = texts[:64]
-    b = align_batch(batch, *default_pair)
+def assert_batch_matches_spans(batch, student, teacher):
+    b = align_batch(batch, student, teacher)
     for k, text in enumerate(batch):
-        a = align_spans(text, *default_pair, add_special_tokens=True)
+        a = align_spans(text, student, teacher, add_special_tokens=True)
         n_s, n_t, G = len(a.student_ids), len(a.teacher_ids), len(a.groups)
         assert b.student_ids[k, :n_s].tolist() == a.student_ids.tolist()
         assert b.student_mask[k].sum() == n_s and b.teacher_mask[k].sum() == n_t
@@ -226,6 +244,17 @@ def test_align_batch_matches_align_spans_text_by_text(default_pair, texts):
             assert b.group_mask[k, gi].item() == (g.kind in ("1:1", "1:n", "n:1", "n:m"))
             assert KINDS[b.group_kind[k, gi].item()] == g.kind
         assert not b.group_mask[k, G:].any() and (b.s_end[k, G:] == -1).all()
+
+
+def test_align_batch_matches_align_spans_text_by_text(default_pair, texts):
+    assert_batch_matches_spans(texts[:58] + texts[-6:], *default_pair)
+
+
+def test_align_batch_with_texts_one_side_drops_matches_align_spans(wordpiece, texts):
+    """Empty texts and whitespace runs the WordPiece side drops entirely, mixed with ordinary texts."""
+    batch = ["Hello World", "   ", "", "x 👍 y", "\n\n", "Numbers 2024 and 3.14"] + texts[:20]
+    assert_batch_matches_spans(batch, "llama-3.2", wordpiece)
+    assert_batch_matches_spans(batch, wordpiece, "mistral-7b")
 
 
 def test_align_batch_shapes_and_dtypes(default_pair):

@@ -91,8 +91,8 @@ with exports:
     st.subheader("Export W")
     st.caption(f"{w.shape[0]:,} × {w.shape[1]:,}, {w.matrix.nnz:,} non-zeros, sha256 {w.sha256[:16]}")
     st.download_button("W · safetensors (xtok)", lambda: state.w_export(w, "safetensors"),
-                       file_name=state.w_filename(w, "safetensors"), mime="application/octet-stream", key="dl_w_st")
+                       file_name=state.w_filename(w, "safetensors"), mime="application/octet-stream", key="dl_w_st", on_click="ignore")
     st.download_button("W · NeMo-RL top-k (.pt)", lambda: state.w_export(w, "pt"),
-                       file_name=state.w_filename(w, "pt"), mime="application/octet-stream", key="dl_w_pt")
+                       file_name=state.w_filename(w, "pt"), mime="application/octet-stream", key="dl_w_pt", on_click="ignore")
     st.download_button("W · CSV of rows", lambda: state.w_export(w, "csv"),
-                       file_name=state.w_filename(w, "csv"), mime="text/csv", key="dl_w_csv")
+                       file_name=state.w_filename(w, "csv"), mime="text/csv", key="dl_w_csv", on_click="ignore")

@@ -109,14 +109,18 @@ class Alignment:
             counts[g.kind] += 1
         return counts
 
+    def group_span(self, g: Group) -> tuple[int, int] | None:
+        """[start, end) bytes of the text a group covers; None for a special group."""
+        if g.kind == "special":
+            return None
+        spans = np.concatenate([self.student_spans[g.student.start:g.student.stop],
+                                self.teacher_spans[g.teacher.start:g.teacher.stop]])
+        return int(spans[:, 0].min()), int(spans[:, 1].max())
+
     def group_bytes(self, g: Group) -> bytes:
         """The text bytes a group covers (empty for special groups)."""
-        spans = [self.student_spans[list(g.student)], self.teacher_spans[list(g.teacher)]]
-        spans = [s for s in spans if len(s)]
-        if g.kind == "special" or not spans:
-            return b""
-        both = np.concatenate(spans)
-        return self.text.encode("utf-8", errors="surrogatepass")[int(both[:, 0].min()):int(both[:, 1].max())]
+        span = self.group_span(g)
+        return b"" if span is None else self.text.encode("utf-8", errors="surrogatepass")[span[0]:span[1]]
 
     def to_networkx(self):
         """The bipartite overlap graph, for display.
@@ -129,9 +133,9 @@ class Alignment:
         import networkx as nx
 
         graph = nx.Graph()
-        for side, tok, ids, spans, offsets, lone in (
-            ("student", self.student, self.student_ids, self.student_spans, self.student_offsets, self._lone("student")),
-            ("teacher", self.teacher, self.teacher_ids, self.teacher_spans, self.teacher_offsets, self._lone("teacher")),
+        for side, tok, ids, spans, offsets in (
+            ("student", self.student, self.student_ids, self.student_spans, self.student_offsets),
+            ("teacher", self.teacher, self.teacher_ids, self.teacher_spans, self.teacher_offsets),
         ):
             graph.add_nodes_from(
                 ((side, i), dict(side=side, bipartite=int(side == "teacher"), position=i, id=t, text=token_label(tok, t),
@@ -168,9 +172,8 @@ def format_alignment(a: Alignment, width: int = 100) -> str:
         lines += wrap(tokens(tok, ids, range(len(ids))))
     lines.append(f"groups: {len(a.groups)}  (bytes are [start, end) into the UTF-8 text)")
     for n, g in enumerate(a.groups):
-        spans = [a.student_spans[list(g.student)], a.teacher_spans[list(g.teacher)]]
-        where = "" if g.kind == "special" else "[{}, {})".format(*(lambda s: (int(s[:, 0].min()), int(s[:, 1].max())))(
-            np.concatenate([s for s in spans if len(s)])))
+        span = a.group_span(g)
+        where = "" if span is None else f"[{span[0]}, {span[1]})"
         lines.append(f"  {n:>4d}  {g.kind:9s} {g.ratio:>5s}  {where:12s}  {tokens(a.student, a.student_ids, g.student) or '—'}"
                      f"  ⇔  {tokens(a.teacher, a.teacher_ids, g.teacher) or '—'}")
     lines.append("kinds: " + ", ".join(f"{k} {v}" for k, v in a.kinds().items() if v))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xtok_core import XtokError, bundled_tokenizers, load_tokenizer
-from xtok_core.align import KINDS, align_batch, align_spans, format_alignment, visible
+from xtok_core.align import KINDS, Group, align_batch, align_spans, format_alignment, visible
 from xtok_core.cli import main
 
 NAMED_PAIRS = [("llama-3.2", "qwen2.5"), ("gpt2", "qwen2.5"), ("mistral-7b", "llama-3.2"), ("gemma", "gpt-4o")]
@@ -136,7 +136,7 @@ def test_zwj_family_emoji_never_leaves_a_byte_in_two_groups(default_pair):
 def test_bos_is_its_own_group_and_never_joins_text(default_pair):
     a = align_spans("Hello", *default_pair, add_special_tokens=True)
     assert a.student.token_text(a.student_ids[0]) == "<|begin_of_text|>"
-    assert a.groups[0] == type(a.groups[0])(range(0, 1), range(0, 0), "special")
+    assert a.groups[0] == Group(range(0, 1), range(0, 0), "special")
     assert [g.kind for g in a.groups[1:]] == ["1:1"]
     a = align_spans("Hello", "mistral-7b", "gemma", add_special_tokens=True)
     assert [(g.kind, g.ratio) for g in a.groups[:2]] == [("special", "1:0"), ("special", "0:1")]
@@ -305,6 +305,17 @@ def test_cli_align_prints_both_tokenizations_groups_and_kinds(capsys):
     assert "<|begin_of_text|> │ 123 │ 45 │ ·hi │ → │ there" in out
     assert "1:n         1:3  [0, 3)        123  ⇔  1 │ 2 │ 3" in out
     assert "     0  special     1:0" in out and "kinds: 1:1 3, 1:n 2, special 1" in out
+
+
+def test_cli_align_reads_a_file_and_takes_other_tokenizers(tmp_path, capsys):
+    path = tmp_path / "t.txt"
+    path.write_text("12345", encoding="utf-8")
+    assert main(["align", "--student", "mistral-7b", "--teacher", "llama-3.2", "--file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "student mistral-7b" in out and "n:1         4:1  [0, 3)        · │ 1 │ 2 │ 3  ⇔  123" in out
+    path.write_bytes(b"\xff\xfe")
+    assert main(["align", "--file", str(path)]) == 2
+    assert "UTF-8" in capsys.readouterr().err
 
 
 def test_cli_align_unknown_tokenizer_is_one_line_error(capsys):

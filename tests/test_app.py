@@ -131,6 +131,11 @@ def test_an_oversized_upload_is_refused_with_the_limit():
         state.save_upload("big.json", b" " * (50 * 2**20 + 1))
 
 
+def test_an_upload_name_in_the_url_cannot_leave_the_upload_directory():
+    at = app(student="upload:../../etc", teacher="qwen2.5")
+    assert len(at.error) == 1 and "is not on this server any more" in at.error[0].value
+
+
 def test_an_unknown_tokenizer_in_the_url_is_an_error_not_a_traceback():
     at = app("projection", student="no-such-tokenizer", teacher="qwen2.5")
     assert len(at.error) == 1 and "unknown tokenizer 'no-such-tokenizer'" in at.error[0].value

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -33,7 +34,7 @@ def source_path(source: str) -> str:
         key = source[len(UPLOAD_PREFIX):]
         d = upload_dir() / key
         for name in ("tokenizer.json", "tokenizer.json.gz"):
-            if (d / name).is_file():
+            if re.fullmatch(r"[0-9a-f]{16}", key) and (d / name).is_file():
                 return str(d / name)
         raise XtokError(f"uploaded tokenizer {key} is not on this server any more; upload the tokenizer.json again on the Pair page")
     return source

@@ -1,10 +1,9 @@
 """Alignment: both tokenizations of one text, their span-alignment groups and the bipartite graph."""
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from xtok_app import state
-from xtok_app.render import CHIP_CSS, chips_html, colour, table_html, visible_bytes
+from xtok_app.render import CHIP_CSS, bipartite_figure, chips_html, table_html, token_label, visible_bytes
 from xtok_core import XtokError, align_spans
 
 EXAMPLES = {
@@ -52,45 +51,23 @@ for col, (k, n) in zip(cols[2:], ((k, n) for k, n in kinds.items() if n)):
 
 keys_s = al.student_group if colour_by == "group" else al.student_ids
 keys_t = al.teacher_group if colour_by == "group" else al.teacher_ids
-st.markdown(f"**Student · {student.name}** ({len(al.student_ids)} tokens)" + chips_html(student, al.student_ids, keys_s, css_class="xtok-student")
-            + f"**Teacher · {teacher.name}** ({len(al.teacher_ids)} tokens)" + chips_html(teacher, al.teacher_ids, keys_t, css_class="xtok-teacher"),
-            unsafe_allow_html=True)
+st.markdown(f"**Student · {student.name}** ({len(al.student_ids)} tokens)"
+            + chips_html(student, al.student_ids, keys_s, css_class="xtok-student")
+            + f"**Teacher · {teacher.name}** ({len(al.teacher_ids)} tokens)"
+            + chips_html(teacher, al.teacher_ids, keys_t, css_class="xtok-teacher"), unsafe_allow_html=True)
 st.caption("Spaces show as ·, newlines ↵, tabs ⇥; `\\xNN` is a byte of a character that a byte-level token splits. "
            "Hover a token for its id and bytes. With colour by group, tokens of one group share a colour on both sides.")
 
 graph_tab, table_tab = st.tabs(["Bipartite graph", f"Groups ({len(al.groups)})"])
 with graph_tab:
-    g = al.to_networkx()
-    n_s, n_t = min(len(al.student_ids), GRAPH_LIMIT), min(len(al.teacher_ids), GRAPH_LIMIT)
-    shown = {n for n, d in g.nodes(data=True) if d["position"] < (n_s if d["side"] == "student" else n_t)}
-    group_of = {("student", i): int(x) for i, x in enumerate(al.student_group)} | {("teacher", j): int(x) for j, x in enumerate(al.teacher_group)}
-    # x: the token's place along the text (its span's middle, in bytes), so a group's tokens sit above each other.
-    pos = {n: ((d["start"] + d["end"]) / 2, 1.0 if d["side"] == "student" else 0.0) for n, d in g.nodes(data=True) if n in shown}
-    ex, ey = [], []
-    for a, b in g.edges():
-        if a in shown and b in shown:
-            ex += [pos[a][0], pos[b][0], None]
-            ey += [pos[a][1], pos[b][1], None]
-    fig = go.Figure(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color="rgba(120,120,120,.55)", width=1), hoverinfo="skip"))
-    for side, y_text in (("student", "top center"), ("teacher", "bottom center")):
-        nodes = [(n, d) for n, d in g.nodes(data=True) if n in shown and d["side"] == side]
-        fig.add_trace(go.Scatter(
-            x=[pos[n][0] for n, _ in nodes], y=[pos[n][1] for n, _ in nodes], mode="markers+text", name=side,
-            text=[d["text"] for _, d in nodes], textposition=y_text, textfont=dict(family="monospace", size=11),
-            marker=dict(size=13, color=[colour(group_of[n], 62) for n, _ in nodes], line=dict(width=1, color="#555")),
-            hovertext=[f"{side} #{d['position']} id {d['id']} {d['text']!r} bytes {d['start']}–{d['end']} group {group_of[n]}"
-                       for n, d in nodes], hoverinfo="text"))
-    fig.update_layout(height=330, showlegend=False, margin=dict(l=10, r=10, t=30, b=30),
-                      yaxis=dict(tickvals=[0, 1], ticktext=[teacher.name, student.name], range=[-0.5, 1.5], zeroline=False),
-                      xaxis=dict(title="byte position in the text", zeroline=False))
-    st.plotly_chart(fig, key="bipartite")
-    if n_s < len(al.student_ids) or n_t < len(al.teacher_ids):
+    st.plotly_chart(bipartite_figure(al.to_networkx(), al.student_group, al.teacher_group, student.name, teacher.name,
+                                     limit=GRAPH_LIMIT), key="bipartite")
+    if max(len(al.student_ids), len(al.teacher_ids)) > GRAPH_LIMIT:
         st.caption(f"The graph shows the first {GRAPH_LIMIT} tokens of each side; the groups table lists all.")
 with table_tab:
-    rows = []
-    for i, grp in enumerate(al.groups):
-        rows.append([i, grp.kind, visible_bytes(al.group_bytes(grp)) or "(special)",
-                     " ".join(visible_bytes(student.token_bytes[t], student.token_text(t)) for t in al.student_ids[list(grp.student)].tolist()),
-                     " ".join(visible_bytes(teacher.token_bytes[t], teacher.token_text(t)) for t in al.teacher_ids[list(grp.teacher)].tolist())])
+    rows = [[i, grp.kind, visible_bytes(al.group_bytes(grp)) or "(special)",
+             " ".join(token_label(student, t) for t in al.student_ids[list(grp.student)].tolist()),
+             " ".join(token_label(teacher, t) for t in al.teacher_ids[list(grp.teacher)].tolist())]
+            for i, grp in enumerate(al.groups)]
     st.markdown(table_html(["group", "kind", "text", f"student pieces ({student.name})", f"teacher pieces ({teacher.name})"],
                            rows, css_class="xtok-groups", numeric={0}, mono={2, 3, 4}), unsafe_allow_html=True)

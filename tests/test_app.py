@@ -313,7 +313,7 @@ def test_a_run_process_group_is_stopped_by_sigterm_and_seen_as_ended(tmp_path):
     assert runs.load_run(d).state == "ended" and not runs.stop_run(runs.load_run(d))
 
 
-def test_launch_runs_the_cli_in_its_own_session(tmp_path):
+def test_launch_records_the_command_and_the_output(tmp_path):
     from xtok_app import runs
 
     run = runs.launch_run(["--help"], tmp_path / "runs" / "help")
@@ -372,8 +372,24 @@ def test_the_run_form_launches_the_cli_with_the_chosen_settings():
         assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--alpha"] == ["0.75", "0.25"]
         assert flags["--kd-weight"] == "0.5" and "--random-teacher" in cmd
         assert flags["--runs-dir"] == os.environ["XTOK_RUNS_DIR"] and flags["--out"] == str(run.path)
+        assert os.getpgid(run.pid) == run.pid != os.getpgid(0)  # its own process group: the page can end, the run goes on
         assert at.session_state.selected_run == run.name
         assert any(run.name in s.value for s in at.success)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)  # only the command line is under test here
+
+
+def test_the_graph_draws_every_overlap_and_colours_a_group_alike_on_both_sides():
+    from xtok_app.render import bipartite_figure
+
+    s, t = load_tokenizer("gpt2"), load_tokenizer("qwen2.5")
+    al = align_spans("Paid $1,234.56 on 2024-03-15", s, t)
+    graph = al.to_networkx()
+    edges, student, teacher = bipartite_figure(graph, al.student_group, al.teacher_group, "gpt2", "qwen2.5").data
+    assert len(student.x) == len(al.student_ids) and len(teacher.x) == len(al.teacher_ids)
+    assert len(edges.x) == 3 * graph.number_of_edges()
+    for grp in al.groups:
+        colours = {student.marker.color[i] for i in grp.student} | {teacher.marker.color[j] for j in grp.teacher}
+        assert len(colours) == 1
+    assert len(set(student.marker.color)) > 1

@@ -86,3 +86,34 @@ def table_html(headers: list[str], rows: list[list], *, css_class: str = "", num
             cells.append(f'<td class="{cls}">{esc(v)}</td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f'<table class="xtok-table {css_class}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def bipartite_figure(graph, student_group, teacher_group, student_name: str, teacher_name: str, *, limit: int = 160):
+    """The alignment's overlap graph (`Alignment.to_networkx()`) as a plotly figure: student tokens on
+    top, teacher tokens below, each at its span's middle byte so a group's tokens sit above each
+    other; nodes coloured by group. Only the first `limit` tokens of each side are drawn."""
+    import plotly.graph_objects as go
+
+    groups = {"student": student_group, "teacher": teacher_group}
+    nodes = {n: d for n, d in graph.nodes(data=True) if d["position"] < limit}
+    pos = {n: ((d["start"] + d["end"]) / 2, 1.0 if d["side"] == "student" else 0.0) for n, d in nodes.items()}
+    ex, ey = [], []
+    for a, b in graph.edges():
+        if a in pos and b in pos:
+            ex += [pos[a][0], pos[b][0], None]
+            ey += [pos[a][1], pos[b][1], None]
+    fig = go.Figure(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color="rgba(120,120,120,.55)", width=1), hoverinfo="skip"))
+    for side, text_at in (("student", "top center"), ("teacher", "bottom center")):
+        side_nodes = [d for d in nodes.values() if d["side"] == side]
+        group = [int(groups[side][d["position"]]) for d in side_nodes]
+        fig.add_trace(go.Scatter(
+            x=[(d["start"] + d["end"]) / 2 for d in side_nodes], y=[pos[(side, d["position"])][1] for d in side_nodes],
+            mode="markers+text", name=side, text=[d["text"] for d in side_nodes], textposition=text_at,
+            textfont=dict(family="monospace", size=11),
+            marker=dict(size=13, color=[colour(g, 62) for g in group], line=dict(width=1, color="#555")),
+            hovertext=[f"{side} #{d['position']} id {d['id']} {d['text']!r} bytes {d['start']}–{d['end']} group {g}"
+                       for d, g in zip(side_nodes, group)], hoverinfo="text"))
+    fig.update_layout(height=330, showlegend=False, margin=dict(l=10, r=10, t=30, b=30),
+                      yaxis=dict(tickvals=[0, 1], ticktext=[teacher_name, student_name], range=[-0.5, 1.5], zeroline=False),
+                      xaxis=dict(title="byte position in the text", zeroline=False))
+    return fig

@@ -143,6 +143,14 @@ def test_learned_w_is_trained_and_saved_with_the_checkpoint(tmp_path):
     assert not torch.allclose(logits, torch.from_numpy(W.matrix.data).clamp(min=1e-30).log())  # moved from log W
 
 
+def test_two_teachers_weighted_by_alpha_one_through_w_one_with_the_students_tokenizer(tmp_path):
+    cfg = small(teachers=["tiny:qwen2.5", "tiny:llama-3.2"], alphas=[0.7, 0.3], steps=1, checkpoint_every=1)
+    row, = run_distillation(cfg, tmp_path, progress=False).metrics
+    assert row["kd"] == pytest.approx(0.7 * row["kd/t0"] + 0.3 * row["kd/t1"], rel=1e-5)
+    assert "unreachable_mass/t0" in row and "unreachable_mass/t1" not in row  # t1: direct KL, no W
+    assert row["pairs/t1"] > row["pairs/t0"]  # every student position vs aligned group boundaries only
+
+
 # ------------------------------------------------------------------------------------------ on-policy
 def test_on_policy_teacher_gets_its_own_tokenization_of_the_decoded_student_text(tok, tmp_path, monkeypatch):
     llama, qwen = tok("llama-3.2"), tok("qwen2.5")

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from ..tok import load_tokenizer
 from .config import DistillConfig, config_hash
-from .models import save_model_dir
+from .models import non_embedding_params, save_model_dir
 
 TEACHER_DIM, TEACHER_LAYERS = 256, 4   # larger than the default student (192 x 6 is deeper but narrower)
 CORPUS_VERSION = 1                      # bump when xtok_core.corpus changes its output
@@ -69,6 +69,7 @@ def train_teacher(tokenizer: str, *, steps: int = 300, dim: int = TEACHER_DIM, l
         save_model_dir(result.student.model, result.student.tok, out)
         last = result.metrics[-1] if result.metrics else {}
         record = {"tokenizer": tokenizer, "steps": result.step, "final_loss": last.get("loss"),
+                  "non_embedding_params": non_embedding_params(result.student.model),
                   "eval_accuracy": result.final_accuracy, "config": cfg.to_dict()}
         (out / "teacher.json").write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
         shutil.rmtree(run_path / "checkpoints", ignore_errors=True)  # the model directory replaces them

@@ -171,3 +171,10 @@ def test_truncated_tokenizer_file_is_a_one_line_error(tmp_path):
     p.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(XtokError, match="not a readable tokenizer.json"):
         load_tokenizer(p)
+
+
+def test_corrupt_gzip_tokenizer_names_gzip(tmp_path):
+    p = tmp_path / "tokenizer.json.gz"
+    p.write_bytes(b"\x1f\x8b\x08\x00garbage that is not deflate")
+    with pytest.raises(XtokError, match="not a valid gzip file"):
+        load_tokenizer(p)

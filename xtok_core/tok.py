@@ -437,10 +437,10 @@ def _load_file(path: Path, config: dict) -> Tok:
         raw = path.read_bytes()
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
+    except (gzip.BadGzipFile, EOFError):  # before OSError: BadGzipFile is one
+        raise XtokError(f"{path} is not a valid gzip file; re-download it or pass the plain tokenizer.json") from None
     except OSError as e:
         raise XtokError(f"cannot read {path} ({e.strerror or e}); check the path and its permissions") from None
-    except (gzip.BadGzipFile, EOFError):
-        raise XtokError(f"{path} is not a valid gzip file; re-download it or pass the plain tokenizer.json") from None
     stat = path.stat()
     ck = ("file", str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     if ck not in _CACHE:

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import unicodedata
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -437,7 +438,7 @@ def _load_file(path: Path, config: dict) -> Tok:
         raw = path.read_bytes()
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)
-    except (gzip.BadGzipFile, EOFError):  # before OSError: BadGzipFile is one
+    except (gzip.BadGzipFile, EOFError, zlib.error):  # before OSError: BadGzipFile is one
         raise XtokError(f"{path} is not a valid gzip file; re-download it or pass the plain tokenizer.json") from None
     except OSError as e:
         raise XtokError(f"cannot read {path} ({e.strerror or e}); check the path and its permissions") from None

@@ -4,7 +4,8 @@ Both run in this process on the same inputs: N aligned rows of student logits (N
 (N, V_t), bf16 by default, W the real Llama-3.2 x Qwen2.5 projection sized to the models' logits
 (128,256 x 151,936). "naive" is the same math on all rows at once with autograd keeping every
 intermediate (W stays sparse: a dense V_s x V_t fp32 W would be 78 GB). "xtok" processes chunks of rows
-and recomputes them in backward.
+and writes each chunk's gradient while the chunk is in memory ("P-KL-recompute": recomputes the chunk
+in backward instead).
 
 Peak extra memory = the highest memory during forward+backward minus the memory before it (inputs
 included in neither; the gradient of the logits is in both):
@@ -27,8 +28,13 @@ import torch
 
 from xtok_core.losses import gold_loss, hkl_loss, pkl_loss, uld_loss
 
-LOSSES = {"P-KL": pkl_loss, "H-KL": hkl_loss, "GOLD": gold_loss,
-          "ULD": lambda s, t, W, **kw: uld_loss(s, t, **kw)}
+LOSSES = {
+    "P-KL": pkl_loss,
+    "P-KL-recompute": lambda s, t, W, **kw: pkl_loss(s, t, W, recompute=True, **kw),
+    "H-KL": hkl_loss,
+    "GOLD": gold_loss,
+    "ULD": lambda s, t, W, **kw: uld_loss(s, t, **kw),
+}
 
 
 def _cpu_malloc_returns_memory():

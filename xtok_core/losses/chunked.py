@@ -20,6 +20,17 @@ def _part(t, i, j):
     return None if t is None else t[i:j]
 
 
+def scale_rows_(g: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """g[n] *= scale[n] in place, in blocks of rows (16 MiB in fp32): a bf16 `g` times an fp32 `scale`
+    would otherwise make a full fp32 copy of g (twice the gradient's size) inside one mixed-dtype kernel."""
+    if g.numel() == 0:
+        return g
+    block = max(1, (1 << 22) // max(1, g[0].numel()))
+    for i in range(0, g.shape[0], block):
+        g[i:i + block] = g[i:i + block].to(scale.dtype).mul_(scale[i:i + block, None])
+    return g
+
+
 def _chunk_grads(kernel, s, t, s_off, t_off, scale, need_x, need_off):
     """(losses (c,), ∂s (c, V_s) | None, ∂s_off (c,) | None) of Σ scale·kernel over one chunk."""
     with torch.enable_grad():
@@ -72,7 +83,7 @@ class ChunkedRows(torch.autograd.Function):
             gx, goff = ctx.buffers
             ctx.buffers = None
             ctx.consumed = True  # the buffers are scaled in place: a second backward takes the recompute path
-            gx = None if gx is None else gx.mul_(grad_out[:, None])
+            gx = None if gx is None else scale_rows_(gx, grad_out)
             goff = None if goff is None else goff.mul_(grad_out)
             return None, None, None, gx, None, goff, None
         s_rows, t_rows, s_off, t_off = ctx.saved_tensors

@@ -78,12 +78,19 @@ def _chain_offset(logits, ids, groups, mask, b, h, s_pos, n_groups, temperature,
     return torch.zeros(n, dtype=lp.dtype, device=lp.device).index_add(0, pair, lp)
 
 
-def _chunk_mean(logits, groups, mask, b, h, n_groups, temperature, n):
+def _chunk_mean(logits, groups, mask, b, h, n_groups, temperature, n, block: int = 1024):
+    """Mean log-softmax(z/τ) over each pair's predicting positions: `(N, V)` in fp32 (fp64 for fp64).
+
+    Without autograd (the teacher) positions go through in blocks, so no (positions, V) fp32 copy exists."""
     pb, pp, pair = _predicting_positions(groups, mask, b, h, n_groups)
-    z = logits[pb, pp]
-    lp = torch.log_softmax(z.to(torch.float64 if z.dtype == torch.float64 else torch.float32) / temperature, -1)
-    sums = torch.zeros(n, lp.shape[-1], dtype=lp.dtype, device=lp.device).index_add(0, pair, lp)
-    counts = torch.zeros(n, dtype=lp.dtype, device=lp.device).index_add(0, pair, torch.ones_like(pair, dtype=lp.dtype))
+    cd = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    sums = torch.zeros(n, logits.shape[-1], dtype=cd, device=logits.device)
+    step = len(pb) if torch.is_grad_enabled() and logits.requires_grad else block
+    for i in range(0, len(pb), max(step, 1)):
+        sl = slice(i, i + step)
+        lp = torch.log_softmax(logits[pb[sl], pp[sl]].to(cd) / temperature, -1)
+        sums.index_add_(0, pair[sl], lp)
+    counts = torch.bincount(pair, minlength=n).to(cd)
     return sums / counts.clamp(min=1)[:, None]
 
 

@@ -40,7 +40,8 @@ def register(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="new run directory")
-    where.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    where.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue a run from its latest checkpoint with its own config.json (only --steps may change it)")
     p.set_defaults(func=run)
 
 

@@ -30,7 +30,7 @@ from .config import DistillConfig
 from .data import TextBatches, decode_samples, encode_padded, sample_continuations, split_prompt
 from .evaluate import arithmetic_accuracy
 from .models import LoadedModel, build_tiny, is_tiny, load_model_dir
-from .rundir import RunDir
+from .rundir import RunDir, gather_rng_states
 
 
 @dataclass
@@ -194,7 +194,7 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
         ckpt = run.latest_checkpoint() if resume else None
         if ckpt is not None:
-            step = run.load_checkpoint(ckpt, student.model, optimizer, objective) + 1
+            step = run.load_checkpoint(ckpt, student.model, optimizer, objective, rank=rank) + 1
             if main:
                 run.truncate_metrics(step - 1)
         elif resume and main:
@@ -270,8 +270,10 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                 if bar:
                     bar.update(1)
                     bar.set_postfix(loss=f"{row['loss']:.3f}")
-            if main and (step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping):
-                run.save_checkpoint(step - 1, student.model, optimizer, objective, keep=cfg.keep_checkpoints)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
+                rng = gather_rng_states(world, device) if world > 1 else None  # every rank's sampler
+                if main:
+                    run.save_checkpoint(step - 1, student.model, optimizer, objective, keep=cfg.keep_checkpoints, rng=rng)
                 last_saved = step - 1
             if stopping:
                 break

@@ -100,9 +100,10 @@ class RunDir:
 
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        extra: "torch.nn.Module | None" = None, keep: int = 2) -> Path:
+                        extra: "torch.nn.Module | None" = None, keep: int = 2, rng: "dict | None" = None) -> Path:
         """checkpoints/step-N/: model.safetensors, optimizer.safetensors + optimizer.json (scalars),
-        rng.safetensors, w.safetensors (learned W, when the loss has parameters), then `latest`."""
+        rng.safetensors (this process's generators, or `rng` from `gather_rng_states` under DDP),
+        w.safetensors (learned W, when the loss has parameters), then `latest`."""
         name = f"step-{step}"
         final = self.checkpoints / name
         tmp = self.checkpoints / f".{name}.tmp"
@@ -112,7 +113,7 @@ class RunDir:
         tensors, meta = _optimizer_to_flat(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
-        save_file(_rng_state(), str(tmp / "rng.safetensors"))
+        save_file(rng or rng_state(), str(tmp / "rng.safetensors"))
         if extra is not None and len(extra.state_dict()):
             save_file({k: v.detach().contiguous().cpu() for k, v in extra.state_dict().items()}, str(tmp / "w.safetensors"))
         (tmp / "step.json").write_text(json.dumps({"step": step}), encoding="utf-8")
@@ -137,12 +138,12 @@ class RunDir:
         return p if (p / "step.json").is_file() else None
 
     def load_checkpoint(self, ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        extra: "torch.nn.Module | None" = None) -> int:
+                        extra: "torch.nn.Module | None" = None, rank: int = 0) -> int:
         """Restore model, optimizer, RNG and learned W in place; returns the checkpoint's step."""
         load_model(model, str(ckpt / "model.safetensors"), strict=True)
         meta = json.loads((ckpt / "optimizer.json").read_text(encoding="utf-8"))
         optimizer.load_state_dict(_optimizer_from_flat(load_file(str(ckpt / "optimizer.safetensors")), meta))
-        _set_rng_state(load_file(str(ckpt / "rng.safetensors")))
+        set_rng_state(load_file(str(ckpt / "rng.safetensors")), rank)
         if extra is not None and (ckpt / "w.safetensors").is_file():
             extra.load_state_dict(load_file(str(ckpt / "w.safetensors")))
         return int(json.loads((ckpt / "step.json").read_text())["step"])
@@ -172,17 +173,30 @@ def _optimizer_from_flat(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
+    """This process's random generators as tensors: torch_cpu, torch_cuda (current device)."""
     out = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            out[f"torch_cuda_{i}"] = s.cpu()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["torch_cuda"] = torch.cuda.get_rng_state().cpu()
     return out
 
 
-def _set_rng_state(states: dict) -> None:
-    torch.set_rng_state(states["torch_cpu"])
-    if torch.cuda.is_available():
-        cuda = [states[k] for k in sorted(states) if k.startswith("torch_cuda_")]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
+def gather_rng_states(world: int, device: torch.device) -> dict:
+    """Every rank's generators, keyed `<name>.rank<r>` (a collective: all ranks call it)."""
+    import torch.distributed as dist
+
+    out = {}
+    for name, state in sorted(rng_state().items()):
+        local = state.to(device)
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local)
+        out.update({f"{name}.rank{r}": p.cpu() for r, p in enumerate(parts)})
+    return out
+
+
+def set_rng_state(states: dict, rank: int = 0) -> None:
+    """Restore this rank's generators (its own entries when the checkpoint holds every rank's)."""
+    own = {k.rsplit(".rank", 1)[0]: v for k, v in states.items() if k.endswith(f".rank{rank}")} or states
+    torch.set_rng_state(own["torch_cpu"])
+    if "torch_cuda" in own and torch.cuda.is_available():
+        torch.cuda.set_rng_state(own["torch_cuda"])

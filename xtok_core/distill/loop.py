@@ -13,6 +13,7 @@ slice of each step's data, rank 0 owns the run directory.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -380,8 +381,6 @@ def _record_replica(run: RunDir, rank: int, step: int, model: torch.nn.Module) -
     with torch.no_grad():
         fp = sum(float(p.double().square().sum()) for p in model.parameters())
     (run.path / "replicas").mkdir(exist_ok=True)
-    import json
-
     (run.path / "replicas" / f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "step": step, "fingerprint": fp}))
 
 

@@ -54,18 +54,18 @@ class ChunkedRows(torch.autograd.Function):
         ctx.kernel, ctx.chunk_size, ctx.fused = kernel, chunk_size, fused
         outs = []
         if fused:
-            gx = torch.zeros_like(s_rows) if need_x else None
-            goff = torch.zeros_like(s_off) if need_off else None
+            gx = torch.empty_like(s_rows) if need_x else None
+            goff = torch.empty_like(s_off) if need_off else None
             for i in range(0, n, chunk_size):
                 j = min(n, i + chunk_size)
                 ones = torch.ones(j - i, dtype=torch.float32, device=s_rows.device)
                 out, g_x, g_off = _chunk_grads(kernel, s_rows[i:j], t_rows[i:j], _part(s_off, i, j),
                                                _part(t_off, i, j), ones, need_x, need_off)
                 outs.append(out)
-                if g_x is not None:
-                    gx[i:j] = g_x
-                if g_off is not None:
-                    goff[i:j] = g_off
+                if need_x:
+                    gx[i:j] = 0.0 if g_x is None else g_x
+                if need_off:
+                    goff[i:j] = 0.0 if g_off is None else g_off
         else:
             gx = goff = None
             with torch.no_grad():

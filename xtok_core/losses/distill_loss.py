@@ -186,8 +186,7 @@ class DistillLoss(nn.Module):
             if lost is not None:
                 stats[f"unreachable_mass/{teacher.name}"] = float(lost.mean()) if lost.numel() else 0.0
 
-        ce = self.ce(student_logits, input_ids, attention_mask, labels) if self.ce_weight else kd * 0.0
-        ce = ce * self.ce_weight if self.ce_weight not in (0.0, 1.0) else ce
+        ce = self.ce(student_logits, input_ids, attention_mask, labels) * self.ce_weight if self.ce_weight else kd * 0.0
         if self.kd_weight is None:
             if self.ce_weight:
                 lam = (ce.detach() / kd.detach()) if float(kd.detach()) > 0 else torch.zeros_like(kd.detach())

@@ -182,6 +182,20 @@ def test_recomputing_backward_equals_fused_and_a_retained_graph_can_backward_twi
     assert float((g1 - g2).abs().max()) < 1e-7 and float((g1 - g3).abs().max()) < 1e-7
 
 
+def test_rows_weighted_differently_get_their_own_upstream_gradient():
+    from xtok_core.losses.functional import common_set_loss
+
+    g = torch.Generator().manual_seed(10)
+    zs = torch.randn(9, V_S, generator=g).bfloat16().requires_grad_()
+    zt = torch.randn(9, V_T, generator=g)
+    weights = torch.rand(9, generator=g)
+    for rows_fn in (lambda **kw: pkl_rows(zs, zt, tiny_w(torch.float32), **kw)[0],
+                    lambda **kw: common_set_loss(zs, zt, tiny_w(torch.float32), rule="top1", reduce=False, **kw)):
+        (fused,) = torch.autograd.grad(rows_fn(chunk_size=4) @ weights, zs)
+        (ref,) = torch.autograd.grad(rows_fn(naive=True) @ weights, zs)
+        assert float((fused.float() - ref.float()).abs().max()) < 2e-3  # bf16 gradients
+
+
 def test_chunked_learned_w_gradient_equals_naive():
     g = torch.Generator().manual_seed(6)
     sw = as_sparse_w(tiny_w(torch.float32))

@@ -25,6 +25,8 @@ def scale_rows_(g: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     would otherwise make a full fp32 copy of g (twice the gradient's size) inside one mixed-dtype kernel."""
     if g.numel() == 0:
         return g
+    if bool((scale == scale[0]).all()):  # a mean upstream: one in-place pass with a Python scalar
+        return g.mul_(float(scale[0]))
     block = max(1, (1 << 22) // max(1, g[0].numel()))
     for i in range(0, g.shape[0], block):
         g[i:i + block] = g[i:i + block].to(scale.dtype).mul_(scale[i:i + block, None])

@@ -281,6 +281,17 @@ def test_gold_common_set_on_the_default_pair_is_exact_rows(projection, default_p
     assert s_id[b"2"] in set(common.student.tolist()) and s_id[b"202"] not in set(common.student.tolist())
 
 
+@pytest.mark.parametrize("kind", ["hkl", "gold"])
+def test_common_set_losses_are_never_negative_on_the_default_pair(projection, kind):
+    """The common-set term is a generalised KL: >= 0 for any pair of distributions, so dynamic scaling
+    λ = CE/KD never sees a negative KD (a plain KL restricted to the common ids goes negative)."""
+    W = projection()
+    g = torch.Generator().manual_seed(3)
+    for scale in (0.1, 1.0, 5.0):
+        zs, zt = scale * torch.randn(4, 128256, generator=g), scale * torch.randn(4, 151665, generator=g)
+        assert float(LOSSES[kind](zs, zt, W)) > 0
+
+
 def test_pkl_on_the_default_pair_model_widths_reports_padding_columns_unreachable(projection):
     W = projection(teacher_vocab_size=151936)
     assert W.shape == (128256, 151936)

@@ -59,8 +59,13 @@ def kl_kernel(s, t, s_off, t_off, *, temperature):
 def common_kernel(s, t, s_off, t_off, *, common: CommonSet, uncommon_topk, temperature):
     """GOLD / H-KL per row: KL on the common pairs + sorted-probability L1 on the rest: `(c,)`."""
     ls, lt = log_rows(s, s_off, temperature), log_rows(t, t_off, temperature)
-    lt_c = lt[:, common.teacher]
-    kl = (lt_c.exp() * (lt_c - ls[:, common.student])).sum(-1)
+    lt_c, ls_c = lt[:, common.teacher], ls[:, common.student]
+    pt_c = lt_c.exp()
+    # The generalised KL of the sub-distributions, Σ p_t log(p_t/p_s) − p_t + p_s: every term is >= 0 and
+    # zero only where p_s = p_t, so the KD term never goes negative (a plain KL restricted to the common
+    # ids can, and dynamic scaling λ = CE/KD then breaks). Its student gradient is p_s − p_t on those ids,
+    # the full KL's gradient restricted to them.
+    kl = (pt_c * (lt_c - ls_c) - pt_c + ls_c.exp()).sum(-1)
     if len(common.student_rest) == 0 and len(common.teacher_rest) == 0:
         return kl
     l1 = sorted_l1(ls[:, common.student_rest].exp(), lt[:, common.teacher_rest].exp(), uncommon_topk)
@@ -149,7 +154,8 @@ def hkl_loss(student_logits, teacher_logits, W, *, temperature=1.0, threshold=HK
     student_logits (N, V_s), teacher_logits (N, V_t), W (V_s, V_t) -> scalar.
     Common set: each row whose top-1 weight is >= `threshold` (0.6) with that teacher column; on a
     column claimed twice the highest weight wins, ties to the lowest student id. The KL uses each
-    side's full-vocabulary log-probabilities at the common ids (no renormalisation); the uncommon
+    side's full-vocabulary probabilities at the common ids, as the generalised KL of those
+    sub-distributions (Σ p_t log(p_t/p_s) − p_t + p_s, never negative, no renormalisation); the uncommon
     probabilities are compared as sorted vectors, truncated to `uncommon_topk` and zero-padded.
     """
     return common_set_loss(student_logits, teacher_logits, W, rule="top1", threshold=threshold,

@@ -28,6 +28,9 @@ and H-KL − GOLD use the same seed on both sides (same data order and same stud
     python bench/replicate.py --quick            # 2-core CPU, about 30 minutes once teachers are cached
     python bench/replicate.py                    # the larger setting, for a GPU
     python bench/replicate.py --quick --methods gold,pkl --regimes pkl --seeds 2
+    # one process per seed on a machine shared with other work, then one table from the three JSONs:
+    python bench/replicate.py --quick --seeds 1 --first-seed K --out runs/replicate/parts --name replicate-seedK
+    python bench/replicate.py --from-json runs/replicate/parts/replicate-seed*.json
 """
 
 from __future__ import annotations
@@ -359,6 +362,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the 2-core CPU setting (about 30 minutes once teachers are cached)")
     ap.add_argument("--seeds", type=int, help="seeds per method (0, 1, ...); default 3")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...: split one "
+                    "benchmark over processes, then merge their JSONs with --from-json")
     ap.add_argument("--steps", type=int, help="distillation steps per student")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--regimes", default=",".join(REGIMES), help=f"comma list of {', '.join(REGIMES)}")
@@ -431,7 +436,7 @@ def main(argv=None) -> dict:
             del loaded
     t_students = time.time()
     # seeds outermost: after each seed the JSON holds a complete table at that many seeds
-    for seed in range(setting.seeds):
+    for seed in range(args.first_seed, args.first_seed + setting.seeds):
         for regime in regimes:
             for method in methods:
                 if method == "ce" and regime != regimes[0]:
@@ -488,10 +493,11 @@ def merge_records(records: list[dict]) -> dict:
                 seen.add(key)
                 merged["runs"].append(run)
     merged["finished"] = all(rec["finished"] for rec in records)
-    merged["command"] = " && ".join(rec["command"] for rec in records)
+    merged["command"] = " & ".join(rec["command"] for rec in records)
     merged["processes"] = len(records)
-    for key in ("elapsed_s", "students_seconds"):
+    for key in ("elapsed_s", "students_seconds"):  # the processes ran side by side
         merged[key] = max(rec.get(key, 0) for rec in records)
+    merged["sizes"] = {**records[0]["sizes"], "seeds": len({r["seed"] for r in merged["runs"]})}
     merged["load_average"] = [x for rec in records for x in rec.get("load_average", [])]
     return merged
 

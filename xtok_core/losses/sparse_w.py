@@ -18,6 +18,9 @@ import torch
 
 from ..errors import XtokError
 
+# torch prints this once per process for every sparse CSR tensor; xtok builds them deliberately.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
 EXACT_KIND = 0  # code of "exact" in Projection.kinds (docs/CONTRACTS.md)
 
 # torch warns that sparse CSR is beta and that invariant checks are off; our patterns come from a

@@ -25,8 +25,8 @@ teacher, so one set of CE runs serves both regimes. Every student is evaluated o
 Mean ± spread over seeds, spread = sample standard deviation (n-1). Paired differences P-KL − GOLD
 and H-KL − GOLD use the same seed on both sides (same data order and same student initialisation).
 
-    python bench/replicate.py --quick            # 2-core CPU (measured: teachers 19 min once, students 24 min
-                                                 # as three per-seed processes on a machine with other load)
+    python bench/replicate.py --quick            # 2-core CPU: students 8.5 min once the two teachers are cached
+                                                 # (training them took 19 min side by side on a loaded machine)
     python bench/replicate.py                    # the larger setting, for a GPU
     python bench/replicate.py --quick --methods gold,pkl --regimes pkl --seeds 2
     # one process per seed on a machine shared with other work, then one table from the three JSONs:

@@ -250,3 +250,36 @@ def test_cli_build_and_explain(tmp_path):
     r = subprocess.run([sys.executable, "-m", "xtok_core", "explain", "--w", str(out), "--token", "2019"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "'2' '0' '1' '9'" in r.stdout and "0.90009" in r.stdout and "0.00090" in r.stdout
+
+
+def test_cli_export_round_trips_through_nemo_and_csv(projection, tmp_path):
+    w = projection("gpt2", "qwen2.5")
+    src = w.save(tmp_path / "w.safetensors")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "xtok_core", "export", *map(str, a)], capture_output=True, text=True)  # noqa: E731
+    r = run("--w", src, "--out", tmp_path / "w.pt")
+    assert r.returncode == 0, r.stderr
+    r = run("--w", tmp_path / "w.pt", "--student", "gpt2", "--teacher", "qwen2.5", "--out", tmp_path / "back.safetensors")
+    assert r.returncode == 0, r.stderr
+    back = Projection.load(tmp_path / "back.safetensors")
+    assert (back.matrix != w.matrix).nnz == 0 and (back.kinds == w.kinds).all()
+    r = run("--w", tmp_path / "w.pt", "--out", tmp_path / "x.safetensors")
+    assert r.returncode == 2 and "--student and --teacher" in r.stderr and "Traceback" not in r.stderr
+    r = run("--w", src, "--student", "gpt2", "--teacher", "qwen2.5", "--out", tmp_path / "w.csv")
+    assert r.returncode == 0, r.stderr
+    import csv
+
+    with open(tmp_path / "w.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))  # tokens with newlines are quoted fields
+    assert len(rows) == w.matrix.nnz + 1 and rows[0][0] == "student_id"
+    assert float(rows[1][-1]) == pytest.approx(float(w.matrix.data[0]), abs=1e-6)
+
+
+def test_cli_export_writes_run_metrics_as_csv(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 0, "loss": 2.5}\n{"step": 1, "loss": 2.25, "eval_accuracy": 0.5}\n{"step": 2, "lo')
+    r = subprocess.run([sys.executable, "-m", "xtok_core", "export", "--run", str(run_dir), "--out", str(tmp_path / "m.csv")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert rows[0].split(",")[0] == "step" and len(rows) == 3  # the torn last line is skipped

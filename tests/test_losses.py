@@ -456,3 +456,25 @@ def test_boundary_pairs_through_align_batch_on_the_default_pair(projection, defa
     assert stats["unreachable_mass/teacher0"] == 0.0
     loss.backward()
     assert bool(torch.isfinite(zs.grad).all())
+
+
+def test_pkl_teacher_topk_restricts_to_the_union_of_top_columns():
+    g = torch.Generator().manual_seed(11)
+    zs = torch.randn(5, V_S, dtype=torch.float64, generator=g).requires_grad_()
+    zt = torch.randn(5, V_T, dtype=torch.float64, generator=g)
+    W = tiny_w()
+    # k = V_t is the plain loss
+    assert float(pkl_loss(zs, zt, W, teacher_topk=V_T)) == pytest.approx(float(pkl_loss(zs, zt, W)), abs=1e-12)
+    # k = 2: the teacher renormalised over the union of each row's top 2, the student projected into those columns
+    cols = torch.topk(zt, 2, dim=-1).indices.unique()
+    assert len(cols) < V_T
+    pt = torch.softmax(zt[:, cols], -1)
+    q = torch.softmax(zs, -1) @ W.to_dense()[:, cols]
+    want = (pt * (pt.log() - (q + 1e-10).log())).sum(-1).mean()
+    got = pkl_loss(zs, zt, W, teacher_topk=2)
+    assert float(got) == pytest.approx(float(want), abs=1e-6)  # W is held in float32
+    g_got, = torch.autograd.grad(got, zs)
+    g_want, = torch.autograd.grad(want, zs)
+    assert torch.allclose(g_got, g_want, atol=1e-6)
+    with pytest.raises(XtokError):
+        pkl_loss(zs, zt, W, teacher_topk=0)

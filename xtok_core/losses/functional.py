@@ -113,8 +113,23 @@ def pkl_rows(student_logits, teacher_logits, W, *, temperature=1.0, chunk_size=N
               t_off=t_off, temperature=temperature)
 
 
+def teacher_topk_columns(teacher_logits, W, k: int):
+    """NeMo-RL's microbatch-global teacher top-k: the union of every row's k largest teacher ids
+    (sorted), and W restricted to those columns (a scipy CSR, rows no longer summing to 1)."""
+    import scipy.sparse as sp
+
+    sw = as_sparse_w(W, teacher_logits.device)
+    k = min(int(k), teacher_logits.shape[-1])
+    if k < 1:
+        raise XtokError(f"teacher_topk={k} must be at least 1; pass None to use the whole teacher vocabulary")
+    cols = torch.topk(teacher_logits.detach(), k, dim=-1).indices.unique()
+    indptr, indices, data = sw._np
+    sub = sp.csr_array((data, indices, indptr), shape=sw.shape)[:, cols.cpu().numpy()]
+    return cols, sp.csr_array(sub)
+
+
 def pkl_loss(student_logits, teacher_logits, W, *, temperature=1.0, return_stats=False, chunk_size=None,
-             naive=False, recompute=False, student_log_offset=None, teacher_log_offset=None):
+             naive=False, recompute=False, student_log_offset=None, teacher_log_offset=None, teacher_topk=None):
     """P-KL (X-Token): `KL(p_t ‖ softmax(z_s/τ) @ W)` with log(q + 1e-10), mean over rows, × τ².
 
     student_logits (N, V_s), teacher_logits (N, V_t), W (V_s, V_t) -> scalar.
@@ -122,7 +137,15 @@ def pkl_loss(student_logits, teacher_logits, W, *, temperature=1.0, return_stats
     `return_stats=True` the result is `(loss, {"unreachable_mass": float})`, that mass being the mean
     teacher probability on such tokens. `recompute=True` recomputes each chunk in backward instead of
     writing its gradient during forward (same numbers, less memory held between forward and backward).
+    `teacher_topk=k` (off by default; NeMo-RL's speed knob) compares the distributions only on the union
+    of every row's k most likely teacher tokens: the teacher is renormalised over those columns and the
+    student projected into them alone (`teacher_topk_columns`); `unreachable_mass` then counts only them.
     """
+    if teacher_topk is not None:
+        _check_rows(student_logits, teacher_logits)
+        as_sparse_w(W, student_logits.device).check_vocab(student_logits.shape[-1], teacher_logits.shape[-1])
+        cols, W = teacher_topk_columns(teacher_logits, W, teacher_topk)
+        teacher_logits = teacher_logits[:, cols]
     rows, lost = pkl_rows(student_logits, teacher_logits, W, temperature=temperature, chunk_size=chunk_size,
                           naive=naive, recompute=recompute, student_log_offset=student_log_offset,
                           teacher_log_offset=teacher_log_offset)

@@ -148,7 +148,7 @@ def test_compute_loss_equals_the_distill_loops_loss_on_the_same_batch(loss, tmp_
     got = tr.compute_loss(student.model, batch)
     stats = tr.distill_loss.last_stats
     n_terms = student.vocab_size + int(batch["attention_mask"].sum())
-    for key, value in (("loss", float(got.detach())), ("ce", stats["ce"]), ("kd", stats["kd"])):
+    for key, value in (("loss", float(got.detach())), ("ce", float(stats["ce"])), ("kd", float(stats["kd"]))):
         assert value == pytest.approx(row[key], abs=losses_tol(row[key], n_terms)), key
     assert stats["pairs/t0"] == row["pairs/t0"] > 0
 

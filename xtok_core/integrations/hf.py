@@ -14,6 +14,7 @@ for the run directory the explorer reads, on-policy sampling and the bundled cor
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import fields
 
 import torch
@@ -293,6 +294,10 @@ class CrossTokenizerDistillTrainer(_trainer_base()):
         super().__init__(model=student.model, args=args, data_collator=data_collator, **kwargs)
         self.args.remove_unused_columns = False  # the collator reads `text`, which no model forward takes
         self.model_accepts_loss_kwargs = False   # the loss is ours: no label counting for the model's loss
+        if self.args.fsdp and not self.is_fsdp_enabled and self.is_world_process_zero():
+            # accelerate enables its FSDP plugin only on accelerators; on CPU the run is plain DDP
+            warnings.warn(f"fsdp={self.args.fsdp!r} is not active on {self.args.device.type} (accelerate turns FSDP on only "
+                          "for GPU runs); this run is data-parallel with full replicas", stacklevel=2)
         self.student, self.teachers = student, teachers
         device = torch.device(teacher_device) if teacher_device is not None else self.args.device
         for t in teachers:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from xtok_core.errors import XtokError
 from xtok_core.losses import (
-    DistillLoss, Teacher, aligned_rows, as_sparse_w, gold_loss, hkl_loss, identity_w, pkl_loss, uld_loss,
+    DistillLoss, Teacher, aligned_rows, as_sparse_w, gold_loss, hkl_loss, identity_w, pkl_loss, trl_gold_loss,
+    uld_loss,
 )
 from xtok_core.losses.functional import pkl_rows
 
@@ -25,7 +26,10 @@ EPS32 = torch.finfo(torch.float32).eps  # 1.19e-7
 def f32_tol(n_terms: int, scale: float = 1.0) -> float:
     """Worst-case rounding of a float32 sum of n terms each at most `scale` in magnitude (any reduction order)."""
     return n_terms * EPS32 * scale
-LOSSES = {"pkl": pkl_loss, "hkl": hkl_loss, "gold": gold_loss, "uld": lambda s, t, W, **kw: uld_loss(s, t, **kw)}
+
+
+LOSSES = {"pkl": pkl_loss, "hkl": hkl_loss, "gold": gold_loss, "gold-trl": trl_gold_loss,
+          "uld": lambda s, t, W, **kw: uld_loss(s, t, **kw)}
 
 
 def tiny_w(dtype=torch.float64) -> torch.Tensor:
@@ -117,7 +121,7 @@ def test_uld_is_zero_for_permuted_equal_distributions_of_different_widths():
 
 # ---------------------------------------------------------------- finite-difference gradients
 @pytest.mark.parametrize("position", ["boundary", "chunk_mean", "chain"])
-@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold", "uld"])
+@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold", "gold-trl", "uld"])
 def test_gradients_match_finite_differences_with_fixed_w(kind, position):
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
@@ -139,7 +143,7 @@ def test_gradients_match_finite_differences_with_learned_w(position):
     assert torch.autograd.gradcheck(f, (zs, theta.requires_grad_()), nondet_tol=NONDET, fast_mode=True)
 
 
-@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold", "uld"])
+@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold", "gold-trl", "uld"])
 def test_row_losses_gradients_match_finite_differences_with_log_offsets(kind):
     g = torch.Generator().manual_seed(3)
     zs = torch.randn(5, V_S, generator=g, dtype=torch.float64, requires_grad=True)
@@ -154,7 +158,7 @@ def test_row_losses_gradients_match_finite_differences_with_log_offsets(kind):
 
 # ---------------------------------------------------------------- chunked == naive
 @pytest.mark.parametrize("chunk_size", [1, 7, 16, 40, 1000])
-@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold", "uld"])
+@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold", "gold-trl", "uld"])
 def test_chunked_path_equals_naive_dense_path(kind, chunk_size):
     """N = 40 rows: chunk sizes that divide it, that don't (7), and one larger than N."""
     g = torch.Generator().manual_seed(5)
@@ -492,3 +496,71 @@ def test_pkl_teacher_topk_restricts_to_the_union_of_top_columns():
     assert torch.allclose(g_got, g_want, atol=f32_tol(V_T))  # V_T float32 weights times probabilities ≤ 1
     with pytest.raises(XtokError):
         pkl_loss(zs, zt, W, teacher_topk=0)
+
+
+# ---------------------------------------------------------------- TRL's hybrid GOLD against a port of its formula
+def trl_hybrid_reference(ps, pt, teacher_to_student, beta=0.5):
+    """TRL's GOLD hybrid loss on aligned probabilities, rewritten from its published formula: matched
+    teacher ids t (sorted) with their student ids; JSD_β of the raw matched probabilities through
+    log(clamp(p, 1e-8)) and a log-space mixture, summed per row and averaged; sorted L1 of the unmatched
+    probabilities, zero-padded, summed and divided by the number of rows; weights n_matched / V_t and the rest."""
+    t_ids = sorted(teacher_to_student)
+    s_ids = [teacher_to_student[t] for t in t_ids]
+    n = ps.shape[0]
+    log_s, log_t = ps[:, s_ids].clamp_min(1e-8).log(), pt[:, t_ids].clamp_min(1e-8).log()
+    b = torch.tensor(beta, dtype=ps.dtype)
+    mix = torch.logaddexp(log_s + torch.log1p(-b), log_t + torch.log(b))
+    kl_t = F.kl_div(mix, log_t, reduction="none", log_target=True)
+    kl_s = F.kl_div(mix, log_s, reduction="none", log_target=True)
+    matched = (b * kl_t + (1 - b) * kl_s).sum(-1).mean()
+    s_rest = [i for i in range(ps.shape[1]) if i not in set(s_ids)]
+    t_rest = [i for i in range(pt.shape[1]) if i not in set(t_ids)]
+    a = ps[:, s_rest].sort(-1, descending=True).values
+    c = pt[:, t_rest].sort(-1, descending=True).values
+    width = max(a.shape[1], c.shape[1])
+    unmatched = F.l1_loss(F.pad(a, (0, width - a.shape[1])), F.pad(c, (0, width - c.shape[1])), reduction="sum") / n
+    w = len(t_ids) / pt.shape[1]
+    return w * matched + (1 - w) * unmatched
+
+
+def test_trl_gold_equals_a_port_of_trls_hybrid_formula_on_fixed_tensors():
+    g = torch.Generator().manual_seed(21)
+    zs = torch.randn(6, V_S, generator=g, dtype=torch.float64)
+    zt = torch.randn(6, V_T, generator=g, dtype=torch.float64)
+    ps, pt = torch.softmax(zs, -1), torch.softmax(zt, -1)
+    assert float(min(ps.min(), pt.min())) > 1e-8  # TRL's clamp is inactive: the two must agree to rounding
+    # tiny_w's exact rows: 0 -> 0, 1 -> 1 and 2 -> 1 (TRL's vocabulary map keeps one student id per teacher id;
+    # xtok's common set keeps the lowest, row 1)
+    ref = trl_hybrid_reference(ps, pt, {0: 0, 1: 1})
+    ours = trl_gold_loss(zs, zt, tiny_w())
+    # float64 sums over at most max(V_S, V_T) terms of magnitude <= 1
+    assert float(ours) == pytest.approx(float(ref), abs=V_T * 2.3e-16 * 8)
+    assert float(ours) != pytest.approx(float(gold_loss(zs, zt, tiny_w())), abs=1e-3)  # NeMo-RL's is another loss
+    # on a larger W with a quarter of the rows exact (adaptive weight 0.25·V_s/V_t), chunked
+    v_s, v_t = 200, 240
+    rows = torch.arange(v_s)
+    cols = torch.randperm(v_t, generator=g)[:v_s]
+    vals = torch.where(rows % 4 == 0, 1.0, 0.6).double()
+    extra_r, extra_c = rows[rows % 4 != 0], (cols[rows % 4 != 0] + 1) % v_t
+    W = torch.sparse_coo_tensor(torch.stack([torch.cat([rows, extra_r]), torch.cat([cols, extra_c])]),
+                                torch.cat([vals, torch.full((len(extra_r),), 0.4, dtype=torch.float64)]),
+                                (v_s, v_t)).coalesce()
+    zs = torch.randn(9, v_s, generator=g, dtype=torch.float64)
+    zt = torch.randn(9, v_t, generator=g, dtype=torch.float64)
+    t2s = {int(cols[i]): int(i) for i in range(0, v_s, 4)}
+    ref = trl_hybrid_reference(torch.softmax(zs, -1), torch.softmax(zt, -1), t2s)
+    ours = trl_gold_loss(zs, zt, W, chunk_size=4)
+    assert float(ours) == pytest.approx(float(ref), abs=v_t * 2.3e-16 * 8)
+
+
+def test_trl_gold_is_zero_for_equal_distributions_and_reaches_distill_loss():
+    z = torch.randn(5, 30, dtype=torch.float64) * 2
+    assert abs(float(trl_gold_loss(z, z, identity_w(30)))) < 30 * 2.3e-16 * 8
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al)
+    crit = DistillLoss(Teacher(tiny_w(), loss="gold-trl"), kd_weight=1.0, ce_weight=0.0)
+    loss, stats = crit(zs, zt, al)
+    rows = aligned_rows(zs, zt, al)
+    assert float(loss) == pytest.approx(float(trl_gold_loss(rows.student, rows.teacher, tiny_w())), rel=1e-12)
+    with pytest.raises(XtokError, match="beta"):
+        trl_gold_loss(z, z, identity_w(30), beta=1.0)

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XtokError
-from .functional import HKL_THRESHOLD, UNCOMMON_TOPK, common_set_loss, kl_loss, pkl_rows, uld_loss
+from .functional import HKL_THRESHOLD, UNCOMMON_TOPK, common_set_loss, kl_loss, pkl_rows, trl_gold_loss, uld_loss
+from .names import LOSS_KINDS
 from .positions import POSITION_MODES, aligned_rows, same_tokenizer_rows
 from .sparse_w import as_sparse_w
 
-LOSS_KINDS = ("pkl", "hkl", "gold", "uld")
 LR_W = 1e-2  # X-Token paper: learning rate of the learned W values
 
 
@@ -32,7 +32,8 @@ class Teacher:
 
     W: its projection (`Projection`, torch sparse (V_s, V_t)), or None for a teacher with the student's
        own tokenizer (direct KL at every student position, no alignment).
-    alpha: weight α_m of its KD term.  loss: "pkl" | "hkl" | "gold" | "uld".
+    alpha: weight α_m of its KD term.
+    loss: "pkl" | "hkl" | "gold" (NeMo-RL's GOLD) | "gold-trl" (TRL's hybrid GOLD) | "uld" (`LOSS_KINDS`).
     learnable: train W's non-zero values (P-KL only; row softmax over the fixed non-zeros).
     name: key of its entries in the stats dict (default "teacher{m}").
     """
@@ -147,6 +148,8 @@ class DistillLoss(nn.Module):
             return pkl_rows(rows.student, rows.teacher, teacher.W, values=values, **kw)
         if teacher.loss == "uld":
             return uld_loss(rows.student, rows.teacher, reduce=False, **kw), None
+        if teacher.loss == "gold-trl":
+            return trl_gold_loss(rows.student, rows.teacher, teacher.W, reduce=False, **kw), None
         rule = "top1" if teacher.loss == "hkl" else "exact"
         return common_set_loss(rows.student, rows.teacher, teacher.W, rule=rule, threshold=self.hkl_threshold,
                                uncommon_topk=self.uncommon_topk, reduce=False, **kw), None

@@ -15,6 +15,7 @@ W is a `Projection`, a torch sparse (V_s, V_t) tensor (CSR or COO) or a scipy sp
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -27,6 +28,7 @@ from .sparse_w import CommonSet, as_sparse_w
 
 UNCOMMON_TOPK = 8192  # GOLD: sorted probabilities compared on the uncommon vocabularies
 HKL_THRESHOLD = 0.6  # X-Token: a row joins the common set when its top-1 weight is at least this
+TRL_BETA = 0.5  # TRL GOLD: β of the JSD on matched tokens
 
 
 def log_rows(x: torch.Tensor, off: torch.Tensor | None, temperature: float) -> torch.Tensor:
@@ -70,6 +72,24 @@ def common_kernel(s, t, s_off, t_off, *, common: CommonSet, uncommon_topk, tempe
         return kl
     l1 = sorted_l1(ls[:, common.student_rest].exp(), lt[:, common.teacher_rest].exp(), uncommon_topk)
     return kl + l1
+
+
+def jsd_terms(ls: torch.Tensor, lt: torch.Tensor, beta: float) -> torch.Tensor:
+    """Generalised JSD per row of two (sub-)distributions given as log-probabilities `(c, K)`, unnormalised:
+    β·Σ p_t log(p_t/m) + (1−β)·Σ p_s log(p_s/m), m = (1−β)·p_s + β·p_t (β = 0.5: the symmetric JSD)."""
+    lm = torch.logaddexp(ls + math.log1p(-beta), lt + math.log(beta))
+    pt, ps = lt.exp(), ls.exp()
+    kl_t = torch.where(pt > 0, pt * (lt - lm), 0.0).sum(-1)
+    kl_s = torch.where(ps > 0, ps * (ls - lm), 0.0).sum(-1)
+    return beta * kl_t + (1.0 - beta) * kl_s
+
+
+def trl_gold_kernel(s, t, s_off, t_off, *, common: CommonSet, beta, matched_weight, temperature):
+    """TRL's hybrid GOLD per row: w·JSD_β(matched) + (1 − w)·sorted L1(unmatched): `(c,)`."""
+    ls, lt = log_rows(s, s_off, temperature), log_rows(t, t_off, temperature)
+    jsd = jsd_terms(ls[:, common.student], lt[:, common.teacher], beta)
+    l1 = sorted_l1(ls[:, common.student_rest].exp(), lt[:, common.teacher_rest].exp())
+    return matched_weight * jsd + (1.0 - matched_weight) * l1
 
 
 def uld_kernel(s, t, s_off, t_off, *, temperature):
@@ -189,7 +209,9 @@ def hkl_loss(student_logits, teacher_logits, W, *, temperature=1.0, threshold=HK
 
 def gold_loss(student_logits, teacher_logits, W, *, temperature=1.0, uncommon_topk=UNCOMMON_TOPK,
               chunk_size=None, naive=False, student_log_offset=None, teacher_log_offset=None):
-    """GOLD (TRL, strict): as `hkl_loss` with the common set = rows of kind `exact`.
+    """GOLD as NeMo-RL computes it (its `gold` loss; loss name "gold"): `hkl_loss` with the common set =
+    rows of kind `exact`, at equal weight: generalised KL on the exact pairs + sorted-probability L1 on the
+    top-`uncommon_topk` (8192) of the rest. TRL's GOLD trainer computes another hybrid: `trl_gold_loss`.
 
     student_logits (N, V_s), teacher_logits (N, V_t), W (V_s, V_t) -> scalar.
     A column claimed by several exact rows goes to the lowest student id. For a bare sparse W (no
@@ -198,6 +220,35 @@ def gold_loss(student_logits, teacher_logits, W, *, temperature=1.0, uncommon_to
     return common_set_loss(student_logits, teacher_logits, W, rule="exact", uncommon_topk=uncommon_topk,
                            temperature=temperature, chunk_size=chunk_size, naive=naive,
                            student_log_offset=student_log_offset, teacher_log_offset=teacher_log_offset)
+
+
+def trl_gold_loss(student_logits, teacher_logits, W, *, temperature=1.0, beta=TRL_BETA, matched_weight=None,
+                  chunk_size=None, naive=False, student_log_offset=None, teacher_log_offset=None, reduce=True):
+    """GOLD as TRL's GOLD trainer computes it (its hybrid ULD loss; loss name "gold-trl").
+
+    student_logits (N, V_s), teacher_logits (N, V_t), W (V_s, V_t) -> scalar (mean over rows, × τ²).
+    Per row: `w · JSD_β(p_s[matched], p_t[matched]) + (1 − w) · L1(sort p_s[rest], sort p_t[rest])` with
+    - matched: GOLD's exact common set (the same pairs as `gold_loss`; TRL pairs tokens whose vocabulary
+      strings are equal, which for byte-level vocabularies are the exact rows of W);
+    - JSD_β (β = 0.5): the generalised JSD of the matched sub-distributions as they are (no renormalisation),
+      β·KL(p_t‖m) + (1−β)·KL(p_s‖m), m = (1−β)·p_s + β·p_t;
+    - the unmatched probabilities of both sides sorted descending over the whole rest (no top-k), zero-padded;
+    - TRL's adaptive weight w = (number of matched pairs) / V_t (`matched_weight=` fixes it instead).
+    Differences from TRL, on purpose: exact log-probabilities where TRL clamps probabilities at 1e-8 before
+    the log (equal wherever every probability is above 1e-8), and the τ² factor every xtok loss carries
+    (TRL's hybrid has none; at τ = 1 they agree).
+    """
+    _check_rows(student_logits, teacher_logits)
+    if not 0.0 < float(beta) < 1.0:
+        raise XtokError(f"beta={beta} must lie strictly between 0 and 1 (TRL's default 0.5)")
+    sw = as_sparse_w(W, student_logits.device)
+    sw.check_vocab(student_logits.shape[-1], teacher_logits.shape[-1])
+    common = sw.common_set("exact")
+    w = len(common.teacher) / max(1, sw.shape[1]) if matched_weight is None else float(matched_weight)
+    kernel = partial(trl_gold_kernel, common=common, beta=float(beta), matched_weight=w, temperature=temperature)
+    rows = _run_rows(kernel, student_logits, teacher_logits, student_log_offset, teacher_log_offset,
+                     naive, chunk_size)
+    return _mean(rows, student_logits, temperature) if reduce else rows
 
 
 def uld_loss(student_logits, teacher_logits, *, temperature=1.0, chunk_size=None, naive=False,

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import XtokError
-
-POSITION_MODES = ("boundary", "chunk_mean", "chain")
+from .names import POSITION_MODES
 
 
 @dataclass

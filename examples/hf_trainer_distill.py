@@ -22,7 +22,7 @@ p.add_argument("data")
 p.add_argument("out")
 p.add_argument("--teacher", default="smollm2-135m-instruct")
 p.add_argument("--student", default="tiny:llama-3.2")  # or any local HF causal-LM directory
-p.add_argument("--loss", default="pkl", choices=["pkl", "hkl", "gold", "uld", "auto"])
+p.add_argument("--loss", default="pkl", choices=["pkl", "hkl", "gold", "gold-trl", "uld", "auto"])
 p.add_argument("--max-steps", type=int, default=200)
 p.add_argument("--batch-size", type=int, default=4)
 p.add_argument("--max-length", type=int, default=128)

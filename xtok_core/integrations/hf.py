@@ -21,12 +21,13 @@ import torch
 
 from ..align import BatchAlignment, align_batch
 from ..distill.data import encode_padded
-from ..distill.models import LoadedModel
 from ..errors import XtokError
 from ..losses import DistillLoss, Teacher
+from ..losses.names import LOSS_KINDS
+from ..models import LoadedModel
 from ..tok import Tok, load_tokenizer
 
-LOSSES = ("pkl", "hkl", "gold", "uld", "auto")
+LOSSES = (*LOSS_KINDS, "auto")
 _ALIGNMENT_FIELDS = tuple(f.name for f in fields(BatchAlignment))
 
 
@@ -269,7 +270,7 @@ class CrossTokenizerDistillTrainer(_trainer_base()):
             (default: the student's device). They are not part of `self.model`, so checkpoints hold
             the student only.
         projections: per teacher a `Projection`, a W file, or None (built from both tokenizers).
-        loss: pkl | hkl | gold | uld | auto (the coverage audit per teacher), or one per teacher.
+        loss: pkl | hkl | gold | gold-trl | uld | auto (the coverage audit per teacher), or one per teacher.
         alphas, temperature, kd_weight (None: dynamic λ = sg(CE)/sg(KD)), position: as `DistillLoss`.
         max_length: token cap per example of the default collator.
 

@@ -14,18 +14,20 @@ for the run directory the explorer reads, on-policy sampling and the bundled cor
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import fields
 
 import torch
 
 from ..align import BatchAlignment, align_batch
 from ..distill.data import encode_padded
-from ..distill.models import LoadedModel
 from ..errors import XtokError
 from ..losses import DistillLoss, Teacher
+from ..losses.names import LOSS_KINDS
+from ..models import LoadedModel
 from ..tok import Tok, load_tokenizer
 
-LOSSES = ("pkl", "hkl", "gold", "uld", "auto")
+LOSSES = (*LOSS_KINDS, "auto")
 _ALIGNMENT_FIELDS = tuple(f.name for f in fields(BatchAlignment))
 
 
@@ -268,7 +270,7 @@ class CrossTokenizerDistillTrainer(_trainer_base()):
             (default: the student's device). They are not part of `self.model`, so checkpoints hold
             the student only.
         projections: per teacher a `Projection`, a W file, or None (built from both tokenizers).
-        loss: pkl | hkl | gold | uld | auto (the coverage audit per teacher), or one per teacher.
+        loss: pkl | hkl | gold | gold-trl | uld | auto (the coverage audit per teacher), or one per teacher.
         alphas, temperature, kd_weight (None: dynamic λ = sg(CE)/sg(KD)), position: as `DistillLoss`.
         max_length: token cap per example of the default collator.
 
@@ -293,6 +295,10 @@ class CrossTokenizerDistillTrainer(_trainer_base()):
         super().__init__(model=student.model, args=args, data_collator=data_collator, **kwargs)
         self.args.remove_unused_columns = False  # the collator reads `text`, which no model forward takes
         self.model_accepts_loss_kwargs = False   # the loss is ours: no label counting for the model's loss
+        if self.args.fsdp and not self.is_fsdp_enabled and self.is_world_process_zero():
+            # accelerate enables its FSDP plugin only on accelerators; on CPU the run is plain DDP
+            warnings.warn(f"fsdp={self.args.fsdp!r} is not active on {self.args.device.type} (accelerate turns FSDP on only "
+                          "for GPU runs); this run is data-parallel with full replicas", stacklevel=2)
         self.student, self.teachers = student, teachers
         device = torch.device(teacher_device) if teacher_device is not None else self.args.device
         for t in teachers:

@@ -15,11 +15,11 @@ student). Same data order, steps, learning rate and initialisation per seed (`xt
 schedule: AdamW, warm-up then cosine), dynamic KD/CE scaling λ = sg(CE)/sg(KD), boundary positions, τ = 1.
 
 Teacher cache. Each teacher runs once, before any student trains, over every text the students will see
-(all seeds' batches) and over the held-out text, and its top-K next-token log-probabilities are kept in
-memory per *teacher* token, with the log of the mass outside them; students are aligned to it at train time.
-The losses take dense teacher logits, so a cached row is given to them as top-K log-probs with the tail
-mass spread uniformly over the other V − K ids (the distribution a top-K + tail store can restore). Student
-samples (on-policy rows) are not in the cache: the teacher scores them online, through the same top-K.
+(all seeds' batches) and over the held-out text: `xtok_core.teacher_cache.build_teacher_cache` stores its
+top-K next-token log-probabilities (fp16) and the log of the remaining mass per *teacher* token, and every
+student step reads them as a `TeacherDistribution` aligned at train time (how each loss reads the tail:
+see the losses' docstrings). A rerun with the same sizes reopens the caches. On-policy steps train on the
+student's fresh samples, which no cache holds: there the teacher runs online, cut to the same top-K.
 
 Metrics, on held-out text no run trains on (a corpus seed of its own) and held-out additions:
   ce_bpb        student CE in bits per UTF-8 byte of the predicted tokens (comparable across tokenizers)
@@ -48,7 +48,8 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,9 +66,10 @@ from xtok_core.distill import DistillConfig, arithmetic_accuracy  # noqa: E402
 from xtok_core.distill.data import TextBatches, decode_samples, encode_padded, sample_continuations, split_prompt  # noqa: E402
 from xtok_core.distill.loop import CrossEntropyOnly, _lr_at, ce_labels  # noqa: E402
 from xtok_core.errors import XtokError  # noqa: E402
-from xtok_core.losses import DistillLoss, Teacher  # noqa: E402
-from xtok_core.models import LoadedModel, build_tiny, load_model  # noqa: E402
+from xtok_core.losses import DistillLoss, Teacher, TeacherDistribution  # noqa: E402
+from xtok_core.models import LoadedModel, build_tiny, load_model, pad_id  # noqa: E402
 from xtok_core.projection import build_projection  # noqa: E402
+from xtok_core.teacher_cache import TeacherCache, _teacher_pass, build_teacher_cache, texts_sha256  # noqa: E402
 from xtok_core.tok import Tok  # noqa: E402
 
 SMOLLM2, GEMMA3 = "smollm2-135m-instruct", "gemma3-270m"
@@ -96,6 +98,7 @@ PERCENT = {"top1_agree", "accuracy"}
 HIGHER_IS_BETTER = {"top1_agree", "accuracy"}
 EVAL_SEED = 1234
 EXPOSURE_SEED = 7_777   # sampling seed of the exposure-bias samples (the same for every student)
+CACHE_MAX_LENGTH = 512  # teacher tokens kept per cached text: more than any training or held-out text has
 
 
 @dataclass
@@ -124,8 +127,8 @@ class Setting:
 
 SETTINGS = {
     # 2-core CPU: tiny students are cheap next to their 128k-152k vocabularies; the 135M student dominates
-    "quick": Setting(steps=24, batch_size=4, seq_len=48, lr=3e-3, dim=64, layers=2, real_steps=6, real_batch=2,
-                     real_seq_len=48, real_lr=5e-5, top_k=64, eval_size=32, heldout_texts=16, prompts=16,
+    "quick": Setting(steps=20, batch_size=4, seq_len=48, lr=3e-3, dim=64, layers=2, real_steps=5, real_batch=2,
+                     real_seq_len=48, real_lr=5e-5, top_k=64, eval_size=24, heldout_texts=12, prompts=16,
                      sample_lengths=(2, 4, 8, 16), seeds=3),
     # one GPU: the package's default student size, longer training, Gemma as a second P-KL teacher
     "full": Setting(steps=1000, batch_size=16, seq_len=128, lr=1e-3, dim=192, layers=6, real_steps=300, real_batch=8,
@@ -135,82 +138,55 @@ SETTINGS = {
 }
 
 
-# ------------------------------------------------------------------------ the teacher cache
+# ------------------------------------------------------------------------ the teachers
 @dataclass
-class CachedTeacher:
-    """A teacher's top-K next-token log-probabilities per teacher token of every text it has seen.
-
-    entries[text] = (ids (T,) int64, topk_ids (T, K) int64, topk_logp (T, K) float32, log_tail (T,) float32):
-    the teacher's encoding of the text (special tokens added, at most `max_length` tokens) and, at each
-    position, its K most likely next tokens and the log of the probability mass outside them."""
+class TeacherSide:
+    """A teacher of the benchmark: its teacher cache (`xtok_core.teacher_cache`, built once) and the model,
+    for what a cache cannot give: on-policy steps (the text is the student's new sample), the exposure-bias
+    scores and the teacher's own evaluation."""
 
     lm: LoadedModel
-    top_k: int
-    max_length: int
-    entries: dict = field(default_factory=dict)
+    cache: TeacherCache
     seconds: float = 0.0
-    positions: int = 0
 
     @property
     def tok(self) -> Tok:
         return self.lm.tok
 
-    @property
-    def vocab_size(self) -> int:
-        return self.lm.vocab_size
+    def distribution(self, texts: list[str], al, device, *, online: bool = False) -> TeacherDistribution:
+        """The teacher's top-K + tail over an aligned batch: read from the cache, or (`online`) computed now
+        with the cache's K and temperature, so on- and off-policy steps see the same kind of teacher."""
+        if not online:
+            return self.cache.distribution(texts, al.teacher_ids, al.teacher_mask)
+        rows = [r[m].tolist() for r, m in zip(al.teacher_ids.cpu(), al.teacher_mask.cpu())]
+        parts = _teacher_pass(self.lm.model, rows, pad_id(self.tok), self.cache.top_k, self.cache.temperature,
+                              device, nullcontext())
+        B, T = al.teacher_ids.shape
+        pad = lambda x, fill: F.pad(x, (0, 0) * (x.dim() - 1) + (0, T - len(x)), value=fill)  # noqa: E731
+        ids = torch.stack([pad(p[0].long(), 0) for p in parts])
+        ids[~al.teacher_mask.cpu()] = torch.arange(self.cache.top_k)  # padding: any distinct ids, masked anyway
+        return TeacherDistribution.from_topk(
+            ids.to(device), torch.stack([pad(p[1], 0.0) for p in parts]).to(device),
+            torch.stack([pad(p[2], -math.inf) for p in parts]).to(device), self.cache.vocab_size,
+            self.cache.temperature, next_log_prob=torch.stack([pad(p[3], 0.0) for p in parts]).to(device))
 
-    @torch.no_grad()
-    def topk(self, ids: torch.Tensor, mask: torch.Tensor, device) -> tuple:
-        """The teacher's top-K of a padded batch: (topk_ids, topk_logp, log_tail), each (B, T[, K]) on the CPU."""
-        logits = self.lm.model(input_ids=ids.to(device), attention_mask=mask.long().to(device)).logits.float()
-        logp = logits.log_softmax(-1)
-        top_lp, top_ids = logp.topk(self.top_k, dim=-1)
-        log_tail = logp.scatter(-1, top_ids, -math.inf).logsumexp(-1)
-        return top_ids.cpu(), top_lp.cpu(), log_tail.cpu()
+    def top1(self, text: str) -> torch.Tensor:
+        """The teacher's most likely next token at each of its positions of a cached text."""
+        return self.cache.example(text)["topk_ids"][:, 0].long()
 
-    def add(self, texts: list[str], *, device, batch_size: int = 8, log=None) -> None:
-        """Run the teacher over the texts not cached yet (longest first, batched)."""
-        t0 = time.time()
-        todo = sorted({t for t in texts if t not in self.entries}, key=len, reverse=True)
-        self.lm.model.to(device).eval()
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
-            ids, mask = encode_padded(self.tok, chunk, self.max_length)
-            top_ids, top_lp, log_tail = self.topk(ids, mask, device)
-            for r, text in enumerate(chunk):  # one slice per text
-                n = int(mask[r].sum())
-                self.entries[text] = (ids[r, :n], top_ids[r, :n], top_lp[r, :n], log_tail[r, :n])
-                self.positions += n
-            if log and (i // batch_size) % 20 == 0:
-                log(f"  cache {self.lm.spec}: {min(i + batch_size, len(todo))}/{len(todo)} texts")
-        self.seconds += time.time() - t0
 
-    def dense_logits(self, texts: list[str], teacher_ids: torch.Tensor, teacher_mask: torch.Tensor, device) -> torch.Tensor:
-        """Teacher log-probs (B, T_t, V_t) for an aligned batch: the cached top-K, the tail mass spread evenly
-        over the other ids. Rows whose text is not cached (student samples) are scored online first."""
-        B, T = teacher_ids.shape
-        K, V = self.top_k, self.vocab_size
-        top_ids = torch.zeros(B, T, K, dtype=torch.long)
-        top_lp = torch.zeros(B, T, K)
-        log_tail = torch.zeros(B, T)
-        missing = [r for r, t in enumerate(texts) if t not in self.entries]
-        if missing:  # on-policy rows: the teacher reads the re-tokenized samples now
-            on = self.topk(teacher_ids[missing], teacher_mask[missing], device)
-            for r, a, b, c in zip(missing, *on):
-                top_ids[r], top_lp[r], log_tail[r] = a, b, c
-        for r, text in enumerate(texts):
-            if text not in self.entries:
-                continue
-            ids, a, b, c = self.entries[text]
-            n = int(teacher_mask[r].sum())
-            if n > len(ids) or not torch.equal(ids[:n], teacher_ids[r, :n].cpu()):
-                raise XtokError(f"teacher cache of {self.lm.spec}: the aligned batch's teacher ids differ from the "
-                                f"cached encoding of text {r}; rebuild the cache with the same tokenizer and max length")
-            top_ids[r, :n], top_lp[r, :n], log_tail[r, :n] = a[:n], b[:n], c[:n]
-        # uniform tail: log(r / (V - K)) on every id not kept
-        out = (log_tail - math.log(V - K)).unsqueeze(-1).expand(B, T, V).clone()
-        out.scatter_(-1, top_ids, top_lp)
-        return out.to(device)
+def prepare_teacher(spec: str, texts: list[str], setting: Setting, cache_dir: Path, device, log) -> TeacherSide:
+    """Load the teacher and build (or reopen) its cache over `texts`; the folder is named by the texts' hash,
+    so a rerun with the same sizes reuses it and other sizes get their own."""
+    lm = load_model(spec)
+    t0 = time.time()
+    out = cache_dir / f"{spec}-k{setting.top_k}-{texts_sha256(texts)[:12]}"
+    cache = build_teacher_cache(lm, texts, out, top_k=setting.top_k, max_length=CACHE_MAX_LENGTH, device=device,
+                                show_progress=False,
+                                progress=lambda f, msg: log(f"  cache {spec}: {msg}") if int(100 * f) % 25 == 0 else None)
+    log(f"teacher cache {spec}: {len(cache)} texts, {cache.bytes_per_token():.0f} bytes per teacher token, "
+        f"{time.time() - t0:.0f}s -> {out}")
+    return TeacherSide(lm, cache, time.time() - t0)
 
 
 # ------------------------------------------------------------------------ training
@@ -254,12 +230,13 @@ def fresh_student(cfg: DistillConfig, pretrained: dict) -> LoadedModel:
     return lm
 
 
-def train(cfg: DistillConfig, student: LoadedModel, cache: CachedTeacher, device) -> dict:
-    """One student run: the distillation step of `xtok distill` with the teacher's distributions from the cache."""
+def train(cfg: DistillConfig, student: LoadedModel, teacher: TeacherSide, device) -> dict:
+    """One student run: the distillation step of `xtok distill`, the teacher's distributions from its cache
+    (on-policy steps: from the teacher, online)."""
     torch.manual_seed(cfg.seed)
     model = student.model.to(device).train()
     objective = CrossEntropyOnly() if cfg.loss == "ce" else DistillLoss(
-        [Teacher(W=projection(student, cache.lm), alpha=1.0, loss=cfg.loss, name="t0")],
+        [Teacher(W=projection(student, teacher.lm), alpha=1.0, loss=cfg.loss, name="t0")],
         temperature=cfg.temperature, kd_weight=cfg.kd_weight, position=cfg.position)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -277,14 +254,14 @@ def train(cfg: DistillConfig, student: LoadedModel, cache: CachedTeacher, device
                                         temperature=cfg.sample_temperature, max_length=cfg.seq_len, device=device)
             texts[:n_on] = decode_samples(student.tok, prompts, cont)
             model.train()
-        al = align_batch(texts, student.tok, cache.tok, add_special_tokens=True, max_length=cfg.seq_len).to(device)
+        al = align_batch(texts, student.tok, teacher.tok, add_special_tokens=True, max_length=cfg.seq_len).to(device)
         labels = ce_labels(al.student_ids, al.student_mask, torch.arange(len(texts), device=device) >= n_on)
         s_logits = model(input_ids=al.student_ids, attention_mask=al.student_mask.long()).logits.float()
         if cfg.loss == "ce":
             loss, stats = objective(s_logits, labels=labels)
         else:
-            t_logits = cache.dense_logits(texts, al.teacher_ids, al.teacher_mask, device)
-            loss, stats = objective(s_logits, [t_logits], [al], input_ids=al.student_ids, attention_mask=al.student_mask,
+            t_dist = teacher.distribution(texts, al, device, online=n_on > 0)
+            loss, stats = objective(s_logits, [t_dist], [al], input_ids=al.student_ids, attention_mask=al.student_mask,
                                     labels=labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -313,9 +290,9 @@ def _prefix_agree(tok_a: Tok, ids_a: np.ndarray, tok_b: Tok, ids_b: np.ndarray) 
 
 
 @torch.no_grad()
-def heldout_metrics(lm: LoadedModel, texts: list[str], cache: CachedTeacher | None, *, device, batch_size: int = 8) -> dict:
+def heldout_metrics(lm: LoadedModel, texts: list[str], teacher: TeacherSide | None, *, device, batch_size: int = 8) -> dict:
     """CE per byte / token / numeral token of `lm` on held-out texts, and its top-1 agreement with the cached
-    teacher on aligned groups (None when `cache` is None or is `lm`'s own)."""
+    teacher on aligned groups (None without a teacher, or when it has `lm`'s tokenizer)."""
     model, tok = lm.model.to(device).eval(), lm.tok
     nll_sum = n_tok = num_sum = n_num = n_bytes = agree = n_groups = 0.0
     for i in range(0, len(texts), batch_size):
@@ -333,27 +310,27 @@ def heldout_metrics(lm: LoadedModel, texts: list[str], cache: CachedTeacher | No
         for enc, text in zip(tok.encode_batch(chunk, add_special_tokens=True), chunk):
             first = int(enc.offsets[1][0]) if len(enc.ids) > 1 else len(text.encode())
             n_bytes += len(text.encode()) - first
-        if cache is not None and cache.tok.sha256 != tok.sha256:
-            al = align_batch(chunk, tok, cache.tok, add_special_tokens=True)
+        if teacher is not None and teacher.tok.sha256 != tok.sha256:
+            al = align_batch(chunk, tok, teacher.tok, add_special_tokens=True)
             if not torch.equal(al.student_ids[al.student_mask], ids[mask]):
                 raise XtokError("held-out alignment re-tokenized the student's text differently; report this as a bug")
             g = al.group_mask & (al.s_start > 0) & (al.t_start > 0)  # a group some position predicts on both sides
             b, _ = torch.nonzero(g, as_tuple=True)
             s_pred = logits.argmax(-1)[b, al.s_start[g] - 1].numpy()
-            t_top1 = torch.stack([torch.nn.functional.pad(cache.entries[t][1][:, 0], (0, al.teacher_ids.shape[1]))
-                                  [: al.teacher_ids.shape[1]] for t in chunk])
+            T = al.teacher_ids.shape[1]
+            t_top1 = torch.stack([F.pad(teacher.top1(t), (0, T))[:T] for t in chunk])
             t_pred = t_top1[b, al.t_start[g] - 1].numpy()
-            agree += float(_prefix_agree(tok, s_pred, cache.tok, t_pred).sum())
+            agree += float(_prefix_agree(tok, s_pred, teacher.tok, t_pred).sum())
             n_groups += len(s_pred)
     return {"ce_token": nll_sum / max(n_tok, 1), "numeral_ce": num_sum / max(n_num, 1),
             "ce_bpb": nll_sum / max(n_bytes, 1) / math.log(2), "heldout_tokens": int(n_tok),
             "top1_agree": agree / n_groups if n_groups else None}
 
 
-def evaluate(lm: LoadedModel, setting: Setting, heldout: list[str], cache: CachedTeacher | None, device) -> dict:
+def evaluate(lm: LoadedModel, setting: Setting, heldout: list[str], teacher: TeacherSide | None, device) -> dict:
     pairs = arithmetic_eval_set(setting.eval_size, EVAL_SEED)
     acc = arithmetic_accuracy(lm.model.to(device), lm.tok, n=setting.eval_size, seed=EVAL_SEED, device=device)
-    return {**heldout_metrics(lm, heldout, cache, device=device), "accuracy": acc["accuracy"],
+    return {**heldout_metrics(lm, heldout, teacher, device=device), "accuracy": acc["accuracy"],
             "answer_nll": float(answer_nlls(lm.model, lm.tok, pairs, device=device).mean()), "examples": acc["examples"]}
 
 
@@ -392,7 +369,10 @@ def compare(summary: dict, regimes: list[str], methods: list[str]) -> list[dict]
                     d = ca[m]["mean"] - cb[m]["mean"]
                     spread = max(ca[m]["spread"], cb[m]["spread"])
                     better_a = d > 0 if m in HIGHER_IS_BETTER else d < 0
-                    verdict = "tie" if abs(d) <= spread or d == 0 else (LABELS[a] if better_a else LABELS[b])
+                    if min(ca[m]["n"], cb[m]["n"]) < 2:
+                        verdict = "1 seed"  # no spread to compare against
+                    else:
+                        verdict = "tie" if abs(d) <= spread else (LABELS[a] if better_a else LABELS[b])
                     out.append({"regime": regime, "a": a, "b": b, "metric": m, "diff": d, "spread": spread,
                                 "verdict": verdict})
     return out
@@ -423,10 +403,18 @@ def result_table(record: dict) -> str:
 
 
 def comparison_table(comps: list[dict]) -> str:
-    rows = [[c["regime"], f"{LABELS[c['a']]} − {LABELS[c['b']]}", HEADERS[c["metric"]],
-             f"{c['diff'] * (100 if c['metric'] in PERCENT else 1):+.3f}",
-             f"{c['spread'] * (100 if c['metric'] in PERCENT else 1):.3f}", c["verdict"]] for c in comps]
-    return table(["regime", "difference", "metric", "mean difference", "seed spread", "verdict"], rows)
+    """One row per regime and pair of methods, one column per metric: mean difference (winner, or tie)."""
+    rows, order = {}, []
+    for c in comps:
+        key = (c["regime"], c["a"], c["b"])
+        if key not in rows:
+            rows[key] = {}
+            order.append(key)
+        scale = 100 if c["metric"] in PERCENT else 1
+        short = {LABELS[c["a"]]: "A", LABELS[c["b"]]: "B"}.get(c["verdict"], c["verdict"])
+        rows[key][c["metric"]] = f"{c['diff'] * scale:+.3f} ({short})"
+    body = [[r, f"A = {LABELS[a]}, B = {LABELS[b]}", *(rows[(r, a, b)].get(m, "-") for m in METRICS)] for r, a, b in order]
+    return table(["regime", "A − B", *(HEADERS[m] for m in METRICS)], body)
 
 
 def exposure_table(record: dict) -> str:
@@ -541,6 +529,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="folder of the outputs")
     ap.add_argument("--name", default="replicate-real", help="file stem of the outputs")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--cache-dir", default="runs/replicate-real/caches", help="teacher caches (one per teacher and sizes)")
     ap.add_argument("--from-json", metavar="JSON", help="only print the tables and redraw the charts of a written JSON")
     for name in ("steps", "batch-size", "seq-len", "dim", "layers", "real-steps", "real-batch", "real-seq-len", "top-k",
                  "eval-size", "heldout-texts", "prompts", "corpus-lines"):
@@ -588,7 +577,8 @@ def main(argv=None) -> dict:
               "machine": machine(), "command": "python bench/replicate_real.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "regime_models": {r: asdict(REGIMES[r]) for r in regimes}, "teacher_cache": {}, "teacher_eval": {},
               "runs": [], "finished": False,
-              "teacher_source": "in-memory top-K cache built once per teacher in this process (tail spread uniformly)"}
+              "teacher_source": "xtok_core.teacher_cache (build_teacher_cache / TeacherCache), built once per teacher; "
+                                "on-policy steps from the teacher online, with the same top-K"}
 
     def save():
         record["elapsed_s"] = round(time.time() - t_start, 1)
@@ -597,26 +587,20 @@ def main(argv=None) -> dict:
                                                encoding="utf-8")
 
     # -- 1. teacher caches: every text of every run (all seeds) and the held-out text, once per teacher --
-    caches: dict[str, CachedTeacher] = {}
-    for regime in regimes:
-        tname = REGIMES[regime].teacher
-        if tname not in caches:
-            t0 = time.time()
-            # long enough for every held-out text and every training text the alignment may keep
-            caches[tname] = CachedTeacher(load_model(tname), setting.top_k, max(512, 4 * max(setting.seq_len, setting.real_seq_len)))
-            record["teacher_cache"][tname] = {"load_seconds": round(time.time() - t0, 1)}
+    teachers: dict[str, TeacherSide] = {}
+    for tname in dict.fromkeys(REGIMES[r].teacher for r in regimes):
         # every method of a regime and seed reads the same batches: one pass over them per seed
-        texts = [t for s in seeds for t in training_texts(run_config(setting, regime, "pkl", s))]
-        caches[tname].add(texts + heldout, device=device, log=log)
-    for tname, c in caches.items():
-        record["teacher_cache"][tname].update(texts=len(c.entries), positions=c.positions, top_k=c.top_k,
-                                              build_seconds=round(c.seconds, 1))
-        log(f"teacher cache {tname}: {len(c.entries)} texts, {c.positions} positions, {c.seconds:.0f}s")
+        texts = [t for r in regimes if REGIMES[r].teacher == tname for s in seeds
+                 for t in training_texts(run_config(setting, r, "pkl", s))]
+        teachers[tname] = ts = prepare_teacher(tname, sorted(set(texts + heldout)), setting, Path(args.cache_dir), device, log)
+        record["teacher_cache"][tname] = {"dir": str(ts.cache.root), "texts": len(ts.cache), "top_k": ts.cache.top_k,
+                                          "bytes_per_token": round(ts.cache.bytes_per_token(), 1),
+                                          "seconds": round(ts.seconds, 1)}
     for regime in regimes:
-        c = caches[REGIMES[regime].teacher]
-        ev = evaluate(c.lm, setting, heldout, None, device)
+        ts = teachers[REGIMES[regime].teacher]
+        ev = evaluate(ts.lm, setting, heldout, None, device)
         ev.pop("examples")
-        record["teacher_eval"][regime] = {"teacher": c.lm.spec, **ev}
+        record["teacher_eval"][regime] = {"teacher": ts.lm.spec, **ev}
     save()
     # pretrained students start every run from the same weights
     pretrained = {}
@@ -630,17 +614,17 @@ def main(argv=None) -> dict:
     t_students = time.time()
     for seed in seeds:
         for regime in regimes:
-            cache = caches[REGIMES[regime].teacher]
+            teacher = teachers[REGIMES[regime].teacher]
             for method in plan[regime]:
                 cfg = run_config(setting, regime, method, seed)
                 student = fresh_student(cfg, pretrained)
                 t0 = time.time()
                 row = {"regime": regime, "method": method, "seed": seed, "steps": cfg.steps,
-                       **train(cfg, student, cache, device)}
-                ev = evaluate(student, setting, heldout, cache, device)
+                       **train(cfg, student, teacher, device)}
+                ev = evaluate(student, setting, heldout, teacher, device)
                 row.update({k: ev[k] for k in (*METRICS, "heldout_tokens", "examples")})
                 if method in ("pkl", "pkl-onpolicy") and regime == "pkl" and "pkl-onpolicy" in methods:
-                    row["exposure"] = exposure_bias(student, cache.lm, prompts, setting.sample_lengths, device)
+                    row["exposure"] = exposure_bias(student, teacher.lm, prompts, setting.sample_lengths, device)
                 row["seconds"] = round(time.time() - t0, 1)
                 record["runs"].append(row)
                 log(f"{regime:4s} {method:12s} seed {seed}: {ev['ce_bpb']:.3f} bits/byte, CE/token {ev['ce_token']:.3f}, "

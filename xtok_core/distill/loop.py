@@ -181,13 +181,18 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
         torch.manual_seed(cfg.seed + rank)
         # -- models ---------------------------------------------------------------------------
         student = _model(cfg.student, cfg, teacher=False)
-        teachers = [_model(t, cfg, teacher=True) for t in cfg.teachers] if cfg.loss != "ce" else []
+        caches = _teacher_caches(cfg) if cfg.loss != "ce" else None
+        if caches:
+            teachers = [c.teacher() for c in caches]  # tokenizer and logit width only: no teacher model is loaded
+        else:
+            teachers = [_model(t, cfg, teacher=True) for t in cfg.teachers] if cfg.loss != "ce" else []
         loss_name, note = resolve_loss(cfg, student, teachers)
         if note and main:
             log(note)
         student.model.to(device).train()
         for t in teachers:
-            t.model.to(device).eval().requires_grad_(False)
+            if t.model is not None:
+                t.model.to(device).eval().requires_grad_(False)
         objective = _objective(cfg, loss_name, student, teachers).to(device)
         model = torch.nn.parallel.DistributedDataParallel(student.model) if world > 1 else student.model
         groups = [{"params": [p for p in student.model.parameters() if p.requires_grad], "lr": cfg.lr, "base_lr": cfg.lr}]
@@ -238,12 +243,15 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             with autocast:
                 s_logits = model(input_ids=s_ids, attention_mask=s_mask.long()).logits
                 with torch.no_grad():
-                    t_logits = [t.model(input_ids=v.teacher_ids if v is not None else s_ids,
-                                        attention_mask=(v.teacher_mask if v is not None else s_mask).long()).logits
-                                for t, v in zip(teachers, views)]
+                    t_logits = ([c.distribution(texts, v.teacher_ids if v is not None else s_ids,
+                                                v.teacher_mask if v is not None else s_mask) for c, v in zip(caches, views)]
+                                if caches else
+                                [t.model(input_ids=v.teacher_ids if v is not None else s_ids,
+                                         attention_mask=(v.teacher_mask if v is not None else s_mask).long()).logits
+                                 for t, v in zip(teachers, views)])
             # -- 4. loss: CE + λ·Σ α_m KD_m, in fp32 --
-            loss, stats = objective(s_logits.float(), [z.float() for z in t_logits], views, input_ids=s_ids,
-                                    attention_mask=s_mask, labels=labels)
+            loss, stats = objective(s_logits.float(), [z.float() if torch.is_tensor(z) else z for z in t_logits], views,
+                                    input_ids=s_ids, attention_mask=s_mask, labels=labels)
             # -- 5. update --
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -339,6 +347,21 @@ def _objective(cfg: DistillConfig, loss_name: str, student: LoadedModel, teacher
     # pure on-policy (every row sampled by the student) is KD only: there is no corpus row for CE
     return DistillLoss(specs, temperature=cfg.temperature, kd_weight=cfg.kd_weight, position=cfg.position,
                        ce_weight=0.0 if cfg.on_policy_ratio >= 1.0 else 1.0)
+
+
+def _teacher_caches(cfg: DistillConfig):
+    """The run's teacher caches, checked against it (one line for what differs), or None."""
+    if not cfg.teacher_caches:
+        return None
+    from ..teacher_cache import TeacherCache
+
+    if cfg.position == "chunk_mean":
+        raise XtokError("position 'chunk_mean' averages the teacher's full distributions over a group, which a teacher "
+                        "cache does not store; use --position boundary or chain with --teacher-cache")
+    caches = [TeacherCache.open(d) for d in cfg.teacher_caches]
+    for c in caches:
+        c.check(temperature=cfg.temperature, max_length=cfg.seq_len)
+    return caches
 
 
 def _same_tokenizer(student: LoadedModel, teacher: LoadedModel) -> bool:

@@ -105,31 +105,12 @@ class CrossTokenizerCollator:
 
     @staticmethod
     def conversations(examples) -> list:
-        out = []
-        for i, ex in enumerate(examples):
-            msgs = ex.get("messages") if hasattr(ex, "get") else ex if isinstance(ex, list) else None
-            if not isinstance(msgs, list):
-                keys = sorted(ex) if hasattr(ex, "keys") else type(ex).__name__
-                raise XtokError(f"example {i} has no 'messages' list (keys: {keys}); give every row 'messages' "
-                                "(role/content dicts) or use chat=False with a 'text' field")
-            out.append(msgs)
-        if not out:
-            raise XtokError("empty batch; the dataset yielded no examples")
-        return out
+        return _column(examples, "messages", list, "'messages' list", "give every row 'messages' (role/content "
+                       "dicts) or use chat=False with a 'text' field")
 
     @staticmethod
     def texts(examples) -> list[str]:
-        out = []
-        for i, ex in enumerate(examples):  # one lookup per example
-            text = ex if isinstance(ex, str) else ex.get("text") if hasattr(ex, "get") else None
-            if not isinstance(text, str):
-                keys = sorted(ex) if hasattr(ex, "keys") else type(ex).__name__
-                raise XtokError(f"example {i} has no 'text' string (keys: {keys}); give every row a 'text' field "
-                                "(or 'messages' with chat=True)")
-            out.append(text)
-        if not out:
-            raise XtokError("empty batch; the dataset yielded no examples")
-        return out
+        return _column(examples, "text", str, "'text' string", "give every row a 'text' field (or 'messages' with chat=True)")
 
     def encode(self, texts: list[str], *, ce_rows: torch.Tensor | None = None) -> dict:
         """The batch for `texts`; `ce_rows (B,) bool` excludes rows from CE (labels -100), e.g. the
@@ -194,6 +175,20 @@ class CrossTokenizerCollator:
     def alignments(batch: dict) -> list[BatchAlignment | None]:
         """The `BatchAlignment` per teacher from a (device-moved) batch, for `DistillLoss`."""
         return [None if t["alignment"] is None else BatchAlignment(**t["alignment"]) for t in batch["teacher_inputs"]]
+
+
+def _column(examples, key: str, kind: type, what: str, fix: str) -> list:
+    """`example[key]` of every example (a bare `kind` value stands for itself), or one line naming the row."""
+    out = []
+    for i, ex in enumerate(examples):  # one lookup per example
+        value = ex if isinstance(ex, kind) else ex.get(key) if hasattr(ex, "get") else None
+        if not isinstance(value, kind):
+            keys = sorted(ex) if hasattr(ex, "keys") else type(ex).__name__
+            raise XtokError(f"example {i} has no {what} (keys: {keys}); {fix}")
+        out.append(value)
+    if not out:
+        raise XtokError("empty batch; the dataset yielded no examples")
+    return out
 
 
 def _cut_conversation(messages: list, k: int) -> list:

@@ -15,7 +15,10 @@ def register(sub):
     p.add_argument("--teacher", action="append", dest="teachers", help="tiny:<tokenizer> or a local HF model directory (repeat for several)")
     p.add_argument("--alpha", action="append", type=float, dest="alphas", help="weight of each teacher's KD term (one per --teacher)")
     p.add_argument("--w", action="append", dest="projections", help="W file per teacher (xtok build-w); default: built from the tokenizers")
-    p.add_argument("--loss", default="pkl", choices=["pkl", "hkl", "gold", "uld", "ce", "auto"],
+    p.add_argument("--teacher-cache", action="append", dest="teacher_caches", metavar="DIR",
+                   help="train from a teacher cache (xtok teacher-cache) instead of running that teacher (repeat for several; "
+                        "pairs with --teacher / --alpha in order)")
+    p.add_argument("--loss", default="pkl", choices=["pkl", "hkl", "gold", "gold-trl", "uld", "ce", "auto"],
                    help="KD loss; auto takes the coverage audit's recommendation (default pkl)")
     p.add_argument("--position", default="boundary", choices=["boundary", "chunk_mean", "chain"])
     p.add_argument("--temperature", type=float, default=1.0)
@@ -54,7 +57,8 @@ def run(args):
         from ..distill.teacher import default_teacher_steps
 
         cfg = DistillConfig(
-            student=args.student, teachers=args.teachers or ([] if args.loss == "ce" else ["tiny:qwen2.5"]),
+            student=args.student, teachers=args.teachers or _cached_teachers(args.teacher_caches) or
+            ([] if args.loss == "ce" else ["tiny:qwen2.5"]), teacher_caches=args.teacher_caches,
             alphas=args.alphas, projections=args.projections, loss=args.loss, position=args.position,
             temperature=args.temperature, kd_weight=args.kd_weight, learnable_w=args.learnable_w,
             on_policy_ratio=args.on_policy_ratio, max_new_tokens=args.max_new_tokens, steps=args.steps or 300,
@@ -68,3 +72,12 @@ def run(args):
         acc = "" if result.final_accuracy is None else f", arithmetic accuracy {result.final_accuracy:.1%}"
         print(f"{result.state} at step {result.step}: loss {last['loss']:.4f}{acc}; run directory {result.run_dir}")
     return 0 if result.state == "finished" else 3
+
+
+def _cached_teachers(dirs):
+    """The teachers a list of cache directories was built from (their manifests), for the run's config."""
+    if not dirs:
+        return None
+    from ..teacher_cache import TeacherCache
+
+    return [TeacherCache.open(d).manifest["teacher"] for d in dirs]

@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import XtokError
+from ..losses.names import LOSS_KINDS, POSITION_MODES as POSITIONS
 
-LOSSES = ("pkl", "hkl", "gold", "uld", "ce", "auto")
-POSITIONS = ("boundary", "chunk_mean", "chain")
+LOSSES = (*LOSS_KINDS, "ce", "auto")
 
 
 @dataclass
@@ -20,6 +20,7 @@ class DistillConfig:
     teachers: list = field(default_factory=lambda: ["tiny:qwen2.5"])
     alphas: list | None = None          # teacher weights in Σ α_m KD_m; None = equal, summing to 1
     projections: list | None = None     # W file per teacher (None entries: built from the tokenizers)
+    teacher_caches: list | None = None  # a teacher cache per teacher (xtok teacher-cache): its model is not loaded
     loss: str = "pkl"                   # pkl | hkl | gold | uld | ce | auto (the audit's recommendation)
     position: str = "boundary"          # where aligned distributions are compared (SPEC §5)
     temperature: float = 1.0            # τ on both sides; KD is multiplied by τ²
@@ -73,6 +74,13 @@ class DistillConfig:
             raise XtokError(f"{len(self.alphas)} --alpha values for {len(self.teachers)} teachers; give one per teacher")
         if self.projections is not None and len(self.projections) != len(self.teachers):
             raise XtokError(f"{len(self.projections)} --w files for {len(self.teachers)} teachers; give one per teacher")
+        if self.teacher_caches is not None and len(self.teacher_caches) != len(self.teachers):
+            raise XtokError(f"{len(self.teacher_caches)} --teacher-cache directories for {len(self.teachers)} teachers; "
+                            "give one per teacher")
+        if self.teacher_caches and self.on_policy_ratio > 0:
+            # on-policy text is sampled by the student during the run: no cache can hold the teacher on it
+            raise XtokError("--on-policy-ratio > 0 needs the teacher on the student's own samples, which a teacher cache "
+                            "cannot hold; drop --teacher-cache or set --on-policy-ratio 0")
         if not 0.0 <= self.on_policy_ratio <= 1.0:
             raise XtokError(f"--on-policy-ratio {self.on_policy_ratio} is outside [0, 1]; pass a fraction")
         if self.steps < 1 or self.batch_size < 1:

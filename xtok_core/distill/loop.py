@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import XtokError
+from ..losses import host_stats
 from .config import DistillConfig
 from .data import TextBatches, decode_samples, encode_padded, sample_continuations, split_prompt
 from .evaluate import arithmetic_accuracy
@@ -180,13 +181,18 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
         torch.manual_seed(cfg.seed + rank)
         # -- models ---------------------------------------------------------------------------
         student = _model(cfg.student, cfg, teacher=False)
-        teachers = [_model(t, cfg, teacher=True) for t in cfg.teachers] if cfg.loss != "ce" else []
+        caches = _teacher_caches(cfg) if cfg.loss != "ce" else None
+        if caches:
+            teachers = [c.teacher() for c in caches]  # tokenizer and logit width only: no teacher model is loaded
+        else:
+            teachers = [_model(t, cfg, teacher=True) for t in cfg.teachers] if cfg.loss != "ce" else []
         loss_name, note = resolve_loss(cfg, student, teachers)
         if note and main:
             log(note)
         student.model.to(device).train()
         for t in teachers:
-            t.model.to(device).eval().requires_grad_(False)
+            if t.model is not None:
+                t.model.to(device).eval().requires_grad_(False)
         objective = _objective(cfg, loss_name, student, teachers).to(device)
         model = torch.nn.parallel.DistributedDataParallel(student.model) if world > 1 else student.model
         groups = [{"params": [p for p in student.model.parameters() if p.requires_grad], "lr": cfg.lr, "base_lr": cfg.lr}]
@@ -237,12 +243,15 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             with autocast:
                 s_logits = model(input_ids=s_ids, attention_mask=s_mask.long()).logits
                 with torch.no_grad():
-                    t_logits = [t.model(input_ids=v.teacher_ids if v is not None else s_ids,
-                                        attention_mask=(v.teacher_mask if v is not None else s_mask).long()).logits
-                                for t, v in zip(teachers, views)]
+                    t_logits = ([c.distribution(texts, v.teacher_ids if v is not None else s_ids,
+                                                v.teacher_mask if v is not None else s_mask) for c, v in zip(caches, views)]
+                                if caches else
+                                [t.model(input_ids=v.teacher_ids if v is not None else s_ids,
+                                         attention_mask=(v.teacher_mask if v is not None else s_mask).long()).logits
+                                 for t, v in zip(teachers, views)])
             # -- 4. loss: CE + λ·Σ α_m KD_m, in fp32 --
-            loss, stats = objective(s_logits.float(), [z.float() for z in t_logits], views, input_ids=s_ids,
-                                    attention_mask=s_mask, labels=labels)
+            loss, stats = objective(s_logits.float(), [z.float() if torch.is_tensor(z) else z for z in t_logits], views,
+                                    input_ids=s_ids, attention_mask=s_mask, labels=labels)
             # -- 5. update --
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -257,7 +266,7 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             row = {"step": step, "loss": float(loss.detach()), "lr": _lr_at(step, cfg), "grad_norm": float(grad_norm),
                    "tokens": n_tokens, "tokens_per_s": n_tokens / max(dt, 1e-9), "step_time": dt,
                    "wall_time": time.time(), "elapsed": time.time() - t_start, "on_policy": n_on_policy / len(texts),
-                   **stats}
+                   **host_stats(stats)}  # the losses keep tensors; one host sync here, where the row is logged
             if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and main:
                 with autocast:
                     ev = arithmetic_accuracy(student.model, student.tok, n=cfg.eval_size, device=device)
@@ -338,6 +347,21 @@ def _objective(cfg: DistillConfig, loss_name: str, student: LoadedModel, teacher
     # pure on-policy (every row sampled by the student) is KD only: there is no corpus row for CE
     return DistillLoss(specs, temperature=cfg.temperature, kd_weight=cfg.kd_weight, position=cfg.position,
                        ce_weight=0.0 if cfg.on_policy_ratio >= 1.0 else 1.0)
+
+
+def _teacher_caches(cfg: DistillConfig):
+    """The run's teacher caches, checked against it (one line for what differs), or None."""
+    if not cfg.teacher_caches:
+        return None
+    from ..teacher_cache import TeacherCache
+
+    if cfg.position == "chunk_mean":
+        raise XtokError("position 'chunk_mean' averages the teacher's full distributions over a group, which a teacher "
+                        "cache does not store; use --position boundary or chain with --teacher-cache")
+    caches = [TeacherCache.open(d) for d in cfg.teacher_caches]
+    for c in caches:
+        c.check(temperature=cfg.temperature, max_length=cfg.seq_len)
+    return caches
 
 
 def _same_tokenizer(student: LoadedModel, teacher: LoadedModel) -> bool:

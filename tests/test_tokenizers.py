@@ -241,15 +241,16 @@ FRAGMENTS = SPECIAL_TEXTS + ["東京タワー", "한국어", "ก็", "e\u0301"
                              "🇫🇷", "½", "ﬁ", "İ", " ", "  ", "\t", "\n", "\r\n", "12345", "3.14", "Hello", "world", ",", "$"]
 
 
-def _tiles(enc, raw: bytes) -> None:
-    """Every byte is covered, except whitespace/control bytes of a text the tokenizer drops entirely;
-    spans only overlap inside one character."""
+def _tiles(enc, raw: bytes, drops: str) -> None:
+    """Every byte is covered, except in a text the tokenizer drops entirely (whitespace, control
+    characters, and marks where it strips accents: Unicode categories `drops`); spans only overlap
+    inside one character."""
     o = enc.offsets
     assert ((0 <= o[:, 0]) & (o[:, 0] <= o[:, 1]) & (o[:, 1] <= len(raw))).all()
     assert (o[1:, 0] >= o[:-1, 0]).all()
     full = o[o[:, 1] > o[:, 0]]
     if not len(full):
-        assert not raw.decode().strip() or all(unicodedata.category(c)[0] in "CZ" for c in raw.decode())
+        assert all(unicodedata.category(c)[0] in drops for c in raw.decode())
         return
     covered = np.zeros(len(raw), bool)
     for a, b in full.tolist():
@@ -271,16 +272,18 @@ def test_every_encoding_tiles_the_text_bytes(tok, name):
     t = tok(name)
     pieces = st.one_of(st.sampled_from(FRAGMENTS), st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=4))
 
-    @settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(st.lists(pieces, max_size=10), st.booleans())
     def check(parts, add_special_tokens):
         text = "".join(parts)
         raw = text.encode()
         enc = t.encode(text, add_special_tokens=add_special_tokens)
-        _tiles(enc, raw)
+        drops = "CZ" + ("M" if "strip_accents" in t.normalizes else "")
+        _tiles(enc, raw, drops)
         spelled = t.special[enc.ids] & (enc.offsets[:, 1] > enc.offsets[:, 0])
         for i, (a, b) in zip(enc.ids[spelled].tolist(), enc.offsets[spelled].tolist()):
             if i != t.roles.get("unk"):  # a special token read out of the text covers its spelling
-                assert raw[a:b].decode().strip() == t.backend.id_to_token(i)
+                spelled_as = "".join(c for c in raw[a:b].decode() if unicodedata.category(c)[0] not in drops)
+                assert spelled_as == t.backend.id_to_token(i)  # (plus bytes the tokenizer dropped next to it)
 
     check()

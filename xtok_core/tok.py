@@ -43,6 +43,7 @@ ALIASES = {
     "o200k": "gpt-4o", "o200k_base": "gpt-4o", "deepseek": "deepseek-v3",
 }
 ROLES = ("bos", "eos", "pad", "unk")
+_utf8_char_lengths = utf8_char_lengths  # the name modules imported before the family adapters moved
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 

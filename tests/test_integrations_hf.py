@@ -2,7 +2,12 @@
 checkpoints and resume, and launches under torchrun (tiny models, real bundled tokenizers)."""
 
 import itertools
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,6 +114,39 @@ def test_collator_never_gives_a_teacher_an_id_outside_its_vocabulary(texts, max_
             assert row == teacher.encode(text, add_special_tokens=True).ids[: len(row)].tolist(), pair
 
 
+def test_chat_collator_trains_only_assistant_content_and_gives_each_teacher_its_own_template():
+    from xtok_core.chat import render_chat
+    from xtok_core.corpus import generate_chat
+
+    student, qwen = load_tokenizer("llama-3.2"), load_tokenizer("qwen2.5")
+    convs = generate_chat(3, seed=1)
+    batch = CrossTokenizerCollator(student, [qwen], max_length=512, chat=True)([{"messages": c} for c in convs])
+    t = batch["teacher_inputs"][0]
+    for b, msgs in enumerate(convs):
+        own_t, own_s = render_chat(msgs, qwen), render_chat(msgs, student)
+        assert t["input_ids"][b][t["attention_mask"][b].bool()].tolist() == list(own_t.ids)
+        assert batch["input_ids"][b][batch["attention_mask"][b].bool()].tolist() == list(own_s.ids)
+        trained = batch["labels"][b][batch["labels"][b] != -100].tolist()
+        text = student.decode(trained)
+        for m in msgs:  # every assistant content is trained, no user content is
+            assert (m["content"].strip() in text) == (m["role"] == "assistant"), (m["role"], text)
+    al = CrossTokenizerCollator.alignments(batch)[0]
+    assert al.group_mask.any()
+
+
+def test_trainer_steps_on_conversations(tmp_path):
+    from xtok_core.corpus import generate_chat
+
+    logs = _Logs()
+    rows = [{"messages": c} for c in generate_chat(4, seed=2)]
+    tr = CrossTokenizerDistillTrainer(model=build_tiny("tiny:llama-3.2", **TINY), teachers=[build_tiny("tiny:qwen2.5", **TINY)],
+                                      args=args(tmp_path, max_steps=2), train_dataset=rows, chat=True, max_length=256,
+                                      callbacks=[logs])
+    tr.train()
+    steps = [r for r in logs.logs if "ce" in r]
+    assert len(steps) == 2 and all(r["pairs/t0"] > 0 and math.isfinite(r["kd"]) for r in steps)
+
+
 def test_collator_names_the_row_without_text():
     col = CrossTokenizerCollator("llama-3.2", ["qwen2.5"], max_length=16)
     with pytest.raises(XtokError, match=r"example 1 has no 'text' string \(keys: \['prompt'\]\)"):
@@ -148,7 +186,7 @@ def test_compute_loss_equals_the_distill_loops_loss_on_the_same_batch(loss, tmp_
     got = tr.compute_loss(student.model, batch)
     stats = tr.distill_loss.last_stats
     n_terms = student.vocab_size + int(batch["attention_mask"].sum())
-    for key, value in (("loss", float(got.detach())), ("ce", stats["ce"]), ("kd", stats["kd"])):
+    for key, value in (("loss", float(got.detach())), ("ce", float(stats["ce"])), ("kd", float(stats["kd"]))):
         assert value == pytest.approx(row[key], abs=losses_tol(row[key], n_terms)), key
     assert stats["pairs/t0"] == row["pairs/t0"] > 0
 
@@ -220,3 +258,77 @@ def test_gradient_accumulation_averages_micro_batch_losses(tmp_path):
     (got,) = [r["loss"] for r in acc.logs if "ce" in r]
     assert got == pytest.approx(sum(micro) / 2, abs=losses_tol(max(micro), 128_256 + 24))
     assert not math.isclose(micro[0], micro[1])
+
+
+# ------------------------------------------------------------------------------------------ the real teacher
+@pytest.fixture(scope="module")
+def smollm2():
+    from xtok_core import load_model
+
+    return load_model("smollm2-135m-instruct")
+
+
+def test_three_trainer_steps_with_smollm2_lower_the_kd_term_on_a_fixed_batch(tmp_path, smollm2):
+    student = build_tiny("tiny:llama-3.2", seed=0, **TINY)
+    fixed = [{"text": t} for t in TEXTS[:2]]
+    tr = CrossTokenizerDistillTrainer(model=student, teachers=[smollm2], args=args(tmp_path, learning_rate=3e-2),
+                                      train_dataset=fixed * 3, loss="pkl", max_length=32)
+    batch = tr._prepare_inputs(tr.data_collator(fixed))
+
+    def kd():
+        with torch.no_grad():
+            tr.compute_loss(tr.model.eval(), batch)
+        return tr.distill_loss.last_stats
+
+    before = kd()
+    tr.train()
+    after = kd()
+    assert before["pairs/t0"] == after["pairs/t0"] > 0
+    assert after["kd"] < before["kd"], (before["kd"], after["kd"])
+    assert 0 <= after["unreachable_mass/t0"] < 1
+
+
+# ------------------------------------------------------------------------------------------ launchers
+REPO = Path(__file__).resolve().parents[1]
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_example_under_two_ranks_reads_different_data_and_keeps_identical_weights(launcher, tmp_path, smollm2):
+    """The example, as a user runs it (SmolLM2 teacher, gloo on CPU), 3 steps on 2 ranks; a probe records
+    each rank's ids per step and a fingerprint of the student's weights after every optimizer step."""
+    from xtok_core.corpus import sample_texts
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in sample_texts()[:48]))
+    port = ["--main_process_port", str(_free_port())] if launcher == "accelerate" else []
+    cmd = [*LAUNCHERS[launcher], *port, str(REPO / "tests" / "hf_probe.py"), str(tmp_path / "probe"),
+           str(REPO / "examples" / "hf_trainer_distill.py"), str(data), str(tmp_path / "run"),
+           "--max-steps", "3", "--batch-size", "2", "--max-length", "32"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [[json.loads(line) for line in (tmp_path / "probe" / f"rank-{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    for r in ranks:
+        assert [s["step"] for s in r] == [1, 2, 3] and {s["wrapper"] for s in r} == {"DistributedDataParallel"}
+    for step in range(3):
+        a, b = ranks[0][step], ranks[1][step]
+        assert a["fingerprint"] == b["fingerprint"], step       # DDP: the same weights after every step
+        assert len(a["ids"]) == len(b["ids"]) == 2
+        assert not {tuple(x) for x in a["ids"]} & {tuple(x) for x in b["ids"]}, step  # each rank its own rows
+    assert len({tuple(s["fingerprint"]) for s in ranks[0]}) == 3  # and the weights did move
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 
 from xtok_core.errors import XtokError
 from xtok_core.losses import (
-    DistillLoss, Teacher, aligned_rows, as_sparse_w, gold_loss, hkl_loss, identity_w, pkl_loss, trl_gold_loss,
-    uld_loss,
+    DistillLoss, Teacher, TeacherDistribution, aligned_rows, as_sparse_w, gold_loss, hkl_loss, host_stats, identity_w,
+    pkl_loss, trl_gold_loss, uld_loss,
 )
 from xtok_core.losses.functional import pkl_rows
 
@@ -341,6 +342,7 @@ def test_dynamic_scaling_makes_kd_term_equal_ce_without_gradient_through_lambda(
     zs, zt = batch_logits(al)
     dl = DistillLoss(Teacher(tiny_w()))
     loss, stats = dl(zs, zt, al)
+    stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     assert stats["lambda"] * stats["kd"] == pytest.approx(stats["ce"], rel=1e-12)
     assert float(loss) == pytest.approx(2 * stats["ce"], rel=1e-12)
     (g,) = torch.autograd.grad(loss, zs)
@@ -353,6 +355,7 @@ def test_fixed_kd_weight_is_the_ablation():
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
     loss, stats = DistillLoss(Teacher(tiny_w()), kd_weight=0.25)(zs, zt, al)
+    stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     assert stats["lambda"] == 0.25 and float(loss) == pytest.approx(stats["ce"] + 0.25 * stats["kd"])
 
 
@@ -360,6 +363,7 @@ def test_temperature_scales_kd_by_tau_squared():
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
     _, stats = DistillLoss(Teacher(tiny_w()), kd_weight=1.0, temperature=2.0)(zs, zt, al)
+    stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     r = aligned_rows(zs.detach(), zt, al, temperature=2.0)
     per_row = pkl_rows(r.student, r.teacher, tiny_w(), temperature=2.0)[0]
     assert stats["kd"] == pytest.approx(4.0 * float(per_row.mean()), rel=1e-12)
@@ -373,6 +377,7 @@ def test_same_tokenizer_teacher_equals_plain_kl_in_a_multi_teacher_loss():
     dl = DistillLoss([Teacher(tiny_w(), alpha=0.3, name="cross"), Teacher(None, alpha=0.7, name="same")],
                      kd_weight=1.0)
     loss, stats = dl(zs, [zt, z_same], [al, None])
+    stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     keep = al.student_mask[:, :-1] & al.student_mask[:, 1:]
     plain = F.kl_div(torch.log_softmax(zs[:, :-1][keep], -1), torch.log_softmax(z_same[:, :-1][keep], -1),
                      log_target=True, reduction="batchmean")
@@ -384,12 +389,12 @@ def test_same_tokenizer_teacher_equals_plain_kl_in_a_multi_teacher_loss():
 def test_position_modes_agree_on_one_to_one_groups_and_differ_on_merged_ones():
     one_to_one = make_alignment([[(1, 1)] * 6, [(1, 1)] * 4])
     zs, zt = batch_logits(one_to_one)
-    values = {p: DistillLoss(Teacher(tiny_w()), position=p, kd_weight=1.0)(zs, zt, one_to_one)[1]["kd"]
+    values = {p: float(DistillLoss(Teacher(tiny_w()), position=p, kd_weight=1.0)(zs, zt, one_to_one)[1]["kd"])
               for p in ("boundary", "chunk_mean", "chain")}
     assert values["chunk_mean"] == pytest.approx(values["boundary"]) == values["chain"]
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
-    merged = {p: DistillLoss(Teacher(tiny_w()), position=p, kd_weight=1.0)(zs, zt, al)[1]["kd"]
+    merged = {p: float(DistillLoss(Teacher(tiny_w()), position=p, kd_weight=1.0)(zs, zt, al)[1]["kd"])
               for p in ("boundary", "chunk_mean", "chain")}
     assert len({round(v, 9) for v in merged.values()}) == 3
 
@@ -410,6 +415,7 @@ def test_pairs_skip_the_last_group_and_padding():
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
     _, stats = DistillLoss(Teacher(tiny_w()))(zs, zt, al)
+    stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     assert stats["pairs/teacher0"] == (len(GROUPS[0]) - 1) + (len(GROUPS[1]) - 1)
 
 
@@ -468,6 +474,7 @@ def test_boundary_pairs_through_align_batch_on_the_default_pair(projection, defa
             zt[b, t_pos] = q.log()
             expected += 1
     loss, stats = DistillLoss(Teacher(W), kd_weight=1.0)(zs, zt, al)
+    stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     assert stats["pairs/teacher0"] == expected > 20
     assert abs(stats["kd/teacher0"]) < 1e-4  # only the ε = 1e-10 smoothing over ~150k columns
     assert stats["unreachable_mass/teacher0"] == 0.0
@@ -560,7 +567,131 @@ def test_trl_gold_is_zero_for_equal_distributions_and_reaches_distill_loss():
     zs, zt = batch_logits(al)
     crit = DistillLoss(Teacher(tiny_w(), loss="gold-trl"), kd_weight=1.0, ce_weight=0.0)
     loss, stats = crit(zs, zt, al)
+    stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     rows = aligned_rows(zs, zt, al)
     assert float(loss) == pytest.approx(float(trl_gold_loss(rows.student, rows.teacher, tiny_w())), rel=1e-12)
     with pytest.raises(XtokError, match="beta"):
         trl_gold_loss(z, z, identity_w(30), beta=1.0)
+
+
+# ---------------------------------------------------------------- the teacher as top-K ids + log-probs + tail mass
+def topk_teacher(zt, k, temperature=1.0, next_log_prob=None):
+    """The teacher rows `zt (…, V)` kept as their k most likely ids, log-probs at τ and log tail mass."""
+    lp = torch.log_softmax(zt / temperature, -1)
+    vals, ids = lp.topk(k, dim=-1)
+    tail = torch.logsumexp(lp.scatter(-1, ids, -torch.inf), -1)
+    return TeacherDistribution.from_topk(ids, vals, tail, zt.shape[-1], temperature, next_log_prob=next_log_prob)
+
+
+def rows_of(kind, zs, teacher, W, **kw):
+    from xtok_core.losses.functional import common_set_loss, kl_loss
+
+    if kind == "pkl":
+        return pkl_rows(zs, teacher, W, **kw)[0]
+    if kind in ("hkl", "gold"):
+        return common_set_loss(zs, teacher, W, rule="top1" if kind == "hkl" else "exact", reduce=False, **kw)
+    if kind == "gold-trl":
+        return trl_gold_loss(zs, teacher, W, reduce=False, **kw)
+    if kind == "kl":
+        return kl_loss(zs, teacher, reduce=False, **kw)
+    return uld_loss(zs, teacher, reduce=False, **kw)
+
+
+@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold", "gold-trl", "uld", "kl"])
+def test_topk_teacher_with_k_equal_to_the_vocabulary_equals_the_full_logits(kind):
+    g = torch.Generator().manual_seed(30)
+    v_s = V_T if kind == "kl" else V_S
+    W = identity_w(V_T).to(torch.float64) if kind == "kl" else tiny_w()
+    zs = (torch.randn(10, v_s, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    zt = torch.randn(10, V_T, generator=g, dtype=torch.float64) * 2
+    full = rows_of(kind, zs, zt, W, temperature=1.5, chunk_size=3)
+    cached = rows_of(kind, zs, topk_teacher(zt, V_T, 1.5), W, temperature=1.5, chunk_size=3)
+    # float64, sums of at most 2·V_T terms each below 25 in magnitude
+    tol = 2 * V_T * 25 * 2.3e-16
+    assert torch.allclose(cached, full, rtol=0, atol=tol)
+    (g_full,), (g_cached,) = (torch.autograd.grad(r.sum(), zs) for r in (full, cached))
+    assert torch.allclose(g_cached, g_full, rtol=0, atol=tol)
+
+
+def test_distill_loss_takes_a_topk_teacher_through_every_position_mode_but_chunk_mean():
+    al = make_alignment(GROUPS)
+    zs, zt = batch_logits(al)
+    lp = torch.log_softmax(zt / 1.5, -1)
+    nxt = torch.zeros(zt.shape[:2], dtype=torch.float64)
+    nxt[:, :-1] = lp[:, :-1].gather(-1, al.teacher_ids[:, 1:, None])[..., 0]
+    td = topk_teacher(zt, V_T, 1.5, next_log_prob=nxt)
+    for position in ("boundary", "chain"):
+        crit = DistillLoss(Teacher(tiny_w(), loss="pkl"), position=position, temperature=1.5, kd_weight=1.0)
+        a, b = crit(zs, zt, al)[0], crit(zs, td, al)[0]
+        assert float(b) == pytest.approx(float(a), rel=1e-12)
+    with pytest.raises(XtokError, match="chunk_mean"):
+        DistillLoss(Teacher(tiny_w()), position="chunk_mean", temperature=1.5)(zs, td, al)
+    with pytest.raises(XtokError, match="temperature 1.5"):
+        DistillLoss(Teacher(tiny_w()), temperature=1.0)(zs, td, al)
+    # NeMo-RL's teacher top-k knob is reachable from DistillLoss
+    rows = aligned_rows(zs, zt, al)
+    crit = DistillLoss(Teacher(tiny_w(), topk=2), kd_weight=1.0, ce_weight=0.0)
+    assert float(crit(zs, zt, al)[0]) == pytest.approx(float(pkl_loss(rows.student, rows.teacher, tiny_w(),
+                                                                            teacher_topk=2)), rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def smollm2_rows():
+    """Real teacher rows: SmolLM2-135M-Instruct's logits (float64) at every position of two short texts."""
+    from xtok_core.models import load_model
+
+    smol = load_model("smollm2-135m-instruct")
+    texts = ["The capital of France is Paris, and the capital of Italy is Rome.",
+             "def add(a, b):\n    return a + b  # 2 + 3 = 5"]
+    rows = []
+    with torch.no_grad():
+        for t in texts:
+            ids = torch.as_tensor(smol.tok.encode(t).ids)[None]
+            rows.append(smol.model(input_ids=ids).logits[0].double())
+    return smol, torch.cat(rows)
+
+
+def test_small_k_from_the_real_smollm2_teacher_stays_within_the_tail_mass_bounds(smollm2_rows, projection):
+    """With K = 16 of SmolLM2's 49,152 ids, each loss moves by no more than its stated bound (docstrings)."""
+    from xtok_core.losses.projected import EPS
+
+    smol, zt = smollm2_rows
+    v_t = zt.shape[-1]
+    W = projection("gpt2", smol.tok, teacher_vocab_size=v_t)
+    sw = as_sparse_w(W)
+    g = torch.Generator().manual_seed(31)
+    zs = torch.randn(len(zt), W.shape[0], generator=g, dtype=torch.float64) * 2
+    k = 16
+    td = topk_teacher(zt, k)
+    r = td.log_tail.exp()
+    assert float(r.median()) > 1e-2  # the tail matters: the bounds below are not vacuous
+    p_k = td.log_probs[:, -1].exp()
+    kept = torch.zeros(zt.shape, dtype=torch.bool).scatter_(1, td.ids, True)
+    slack = 1e-9
+    # P-KL: 0 <= full - top-K <= r log(p_K d / (r (min_rest q + eps)))
+    q = torch.sparse.mm(sw.matrix_t(dtype=torch.float64), torch.softmax(zs, -1).T).T
+    d = (q * ~kept).sum(-1) + (~kept).sum(-1) * EPS
+    q_min = q.masked_fill(kept, torch.inf).min(-1).values
+    diff = rows_of("pkl", zs, zt, W) - rows_of("pkl", zs, td, W)
+    assert bool((diff >= -slack).all()) and bool((diff <= r * torch.log(p_k * d / (r * (q_min + EPS))) + slack).all())
+    assert float(diff.max()) > 1e-4  # the two do differ
+    ps = torch.softmax(zs, -1)
+    for kind in ("hkl", "gold"):
+        common = sw.common_set("top1" if kind == "hkl" else "exact", 0.6)
+        lost = ~kept[:, common.teacher]  # common pairs whose teacher id is not kept
+        ps_lost = ps[:, common.student].masked_fill(~lost, 0.0)
+        m = torch.minimum(p_k, r)
+        ps_min = ps[:, common.student].masked_fill(~lost, torch.inf).min(-1).values
+        upper = r * (1 + torch.clamp(torch.log(m / ps_min) - 1, min=0))
+        diff = rows_of(kind, zs, zt, W) - rows_of(kind, zs, td, W)
+        assert bool((diff >= -ps_lost.sum(-1) - r - slack).all()) and bool((diff <= upper + slack).all()), kind
+    common = sw.common_set("exact")
+    w = len(common.teacher) / v_t
+    lost = ~kept[:, common.teacher]
+    ps_lost = ps[:, common.student].masked_fill(~lost, 0.0).sum(-1)
+    diff = rows_of("gold-trl", zs, zt, W) - rows_of("gold-trl", zs, td, W)
+    ln2 = math.log(2.0)
+    assert bool((diff >= -w * 0.5 * ln2 * ps_lost - (1 - w) * r - slack).all())
+    assert bool((diff <= w * 0.5 * ln2 * r + (1 - w) * r + slack).all())
+    diff = rows_of("uld", zs, zt, W) - rows_of("uld", zs, td, W)
+    assert bool((diff.abs() <= r + slack).all())

@@ -41,6 +41,8 @@ def run(args):
         result = resume_distillation(args.resume, steps=getattr(args, "steps", None), progress=not args.no_progress)
     else:
         base = DistillConfig.from_file(args.config) if args.config else None
+        if getattr(args, "teacher_caches", None) and not hasattr(args, "teachers"):
+            args.teachers = _cached_teachers(args.teacher_caches)  # the teachers the caches were built from
         result = run_distillation(config_from_args(args, base), args.out, progress=not args.no_progress)
     if result.metrics:
         last = result.metrics[-1]
@@ -49,3 +51,12 @@ def run(args):
     elif result.state != "finished":
         print(f"{result.state} before the first step; continue with xtok distill --resume {result.run_dir}")
     return 0 if result.state == "finished" else 3
+
+
+def _cached_teachers(dirs):
+    """The teachers a list of cache directories was built from (their manifests), for the run's config."""
+    if not dirs:
+        return None
+    from ..teacher_cache import TeacherCache
+
+    return [TeacherCache.open(d).manifest["teacher"] for d in dirs]

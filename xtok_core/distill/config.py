@@ -46,6 +46,9 @@ class DistillConfig:
                               flag="--alpha")
     projections: list | None = opt(None, "W file per teacher (xtok build-w); default: built from the tokenizers, sized "
                                    "to both models' logits", flag="--w")
+    teacher_caches: list | None = opt(None, "train from a teacher cache (xtok teacher-cache) instead of running that "
+                                      "teacher (repeat for several; pairs with --teacher / --alpha in order)",
+                                      flag="--teacher-cache")
     loss: str = opt("pkl", "KD loss; auto takes the coverage audit's recommendation", choices=LOSSES)
     position: str = opt("boundary", "where aligned distributions are compared (SPEC §5)", choices=POSITIONS)
     temperature: float = opt(1.0, "τ on both sides; KD is multiplied by τ²")
@@ -109,6 +112,13 @@ class DistillConfig:
             raise XtokError(f"{len(self.alphas)} --alpha values for {len(self.teachers)} teachers; give one per teacher")
         if self.projections is not None and len(self.projections) != len(self.teachers):
             raise XtokError(f"{len(self.projections)} --w files for {len(self.teachers)} teachers; give one per teacher")
+        if self.teacher_caches is not None and len(self.teacher_caches) != len(self.teachers):
+            raise XtokError(f"{len(self.teacher_caches)} --teacher-cache directories for {len(self.teachers)} teachers; "
+                            "give one per teacher")
+        if self.teacher_caches and self.on_policy_ratio > 0:
+            # on-policy text is sampled by the student during the run: no cache can hold the teacher on it
+            raise XtokError("--on-policy-ratio > 0 needs the teacher on the student's own samples, which a teacher cache "
+                            "cannot hold; drop --teacher-cache or set --on-policy-ratio 0")
         if not 0.0 <= self.on_policy_ratio <= 1.0:
             raise XtokError(f"--on-policy-ratio {self.on_policy_ratio} is outside [0, 1]; pass a fraction")
         if not 0.0 <= self.heldout_fraction < 1.0:

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import XtokError
+from ..losses import host_stats
 from .config import DistillConfig
 from .data import TextBatches, decode_samples, encode_padded, sample_continuations, split_prompt
 from .evaluate import arithmetic_accuracy
@@ -87,6 +88,7 @@ class Prepared:
     loss: str
     projections: list
     notes: list = field(default_factory=list)
+    caches: list | None = None   # teacher caches (xtok teacher-cache) standing in for the teachers' forward passes
 
 
 def prepare(cfg: DistillConfig, *, log: Callable = print) -> Prepared:
@@ -94,11 +96,15 @@ def prepare(cfg: DistillConfig, *, log: Callable = print) -> Prepared:
     demo teacher; when it is not cached yet it is trained here, as its own run in its own directory,
     before this run's loop (a Stop while it trains raises RunStopped; the next --resume continues it)."""
     student = _model(cfg.student, cfg, teacher=False, log=log)
-    teachers = [_model(t, cfg, teacher=True, log=log) for t in cfg.teachers] if cfg.loss != "ce" else []
+    caches = _teacher_caches(cfg) if cfg.loss != "ce" else None
+    if caches:
+        teachers = [c.teacher() for c in caches]  # tokenizer and logit width only: no teacher model is loaded
+    else:
+        teachers = [_model(t, cfg, teacher=True, log=log) for t in cfg.teachers] if cfg.loss != "ce" else []
     files = cfg.projections or [None] * len(teachers)
     projections = [None if _same_tokenizer(student, t) else _projection(student, t, files[i]) for i, t in enumerate(teachers)]
     loss_name, note = resolve_loss(cfg, student, teachers, projections[0] if projections else None)
-    return Prepared(student, teachers, loss_name, projections, [note] if note else [])
+    return Prepared(student, teachers, loss_name, projections, [note] if note else [], caches)
 
 
 def _model(spec: str, cfg: DistillConfig, *, teacher: bool, log: Callable = print) -> LoadedModel:
@@ -219,13 +225,14 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
         prep = prepared or prepare(cfg, log=log if main else (lambda *a, **k: None))
         if _agree(stop.set, world, device):
             raise RunStopped("stopped while preparing the run")
-        student, teachers = prep.student, prep.teachers
+        student, teachers, caches = prep.student, prep.teachers, prep.caches
         for note in prep.notes:
             if main:
                 log(note)
         student.model.to(device).train()
         for t in teachers:
-            t.model.to(device).eval().requires_grad_(False)
+            if t.model is not None:
+                t.model.to(device).eval().requires_grad_(False)
         objective = _objective(cfg, prep).to(device)
         model = torch.nn.parallel.DistributedDataParallel(student.model) if world > 1 else student.model
         groups = [{"params": [p for p in student.model.parameters() if p.requires_grad], "lr": cfg.lr, "base_lr": cfg.lr}]
@@ -278,12 +285,15 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             with autocast:
                 s_logits = model(input_ids=s_ids, attention_mask=s_mask.long()).logits
                 with torch.no_grad():
-                    t_logits = [t.model(input_ids=a.teacher_ids if a is not None else s_ids,
-                                        attention_mask=(a.teacher_mask if a is not None else s_mask).long()).logits
-                                for t, a in zip(teachers, alignments)]
+                    t_logits = ([c.distribution(texts, a.teacher_ids if a is not None else s_ids,
+                                                a.teacher_mask if a is not None else s_mask) for c, a in zip(caches, alignments)]
+                                if caches else
+                                [t.model(input_ids=a.teacher_ids if a is not None else s_ids,
+                                         attention_mask=(a.teacher_mask if a is not None else s_mask).long()).logits
+                                 for t, a in zip(teachers, alignments)])
             # -- 4. loss: CE + λ·Σ α_m KD_m, in fp32 --
-            loss, stats = objective(s_logits.float(), [z.float() for z in t_logits], alignments, input_ids=s_ids,
-                                    attention_mask=s_mask, labels=labels)
+            loss, stats = objective(s_logits.float(), [z.float() if torch.is_tensor(z) else z for z in t_logits], alignments,
+                                    input_ids=s_ids, attention_mask=s_mask, labels=labels)
             # -- 5. update --
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -300,11 +310,10 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                     torch.cuda.synchronize()  # step_time measures the work, not the kernel launches
                 dt = (time.time() - t_log) / steps_since_log
                 n_tokens = int(s_mask.sum()) * world
-                row = {"step": step, "loss": loss.detach(), "lr": _lr_at(step, cfg), "grad_norm": grad_norm,
-                       "tokens": n_tokens, "tokens_per_s": n_tokens / max(dt, 1e-9), "step_time": dt,
-                       "wall_time": time.time(), "elapsed": time.time() - t_start, "on_policy": n_on_policy / len(texts),
-                       **stats}
-                row = _host_values(row)
+                row = {"step": step, "lr": _lr_at(step, cfg), "tokens": n_tokens, "tokens_per_s": n_tokens / max(dt, 1e-9),
+                       "step_time": dt, "wall_time": time.time(), "elapsed": time.time() - t_start,
+                       "on_policy": n_on_policy / len(texts),
+                       **host_stats({"loss": loss.detach(), "grad_norm": grad_norm, **stats})}  # one host sync
                 if evaluating:
                     with autocast:
                         ev = arithmetic_accuracy(student.model, student.tok, n=cfg.eval_size, device=device)
@@ -362,15 +371,6 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
     return result
 
 
-def _host_values(row: dict) -> dict:
-    """Tensor entries of a metrics row as Python floats, read from the device in one transfer."""
-    keys = [k for k, v in row.items() if isinstance(v, torch.Tensor)]
-    if keys:
-        values = torch.stack([row[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
-        row = {**row, **dict(zip(keys, values))}
-    return row
-
-
 def resume_distillation(run_dir: "str | Path", *, steps: int | None = None, **kwargs) -> RunResult:
     """Continue the run in `run_dir` from its latest checkpoint (optionally to a new step count)."""
     run = RunDir(run_dir)
@@ -399,6 +399,21 @@ def _objective(cfg: DistillConfig, prep: Prepared) -> torch.nn.Module:
     # pure on-policy (every row sampled by the student) is KD only: there is no corpus row for CE
     return DistillLoss(specs, temperature=cfg.temperature, kd_weight=cfg.kd_weight, position=cfg.position,
                        ce_weight=0.0 if cfg.on_policy_ratio >= 1.0 else 1.0)
+
+
+def _teacher_caches(cfg: DistillConfig):
+    """The run's teacher caches, checked against it (one line for what differs), or None."""
+    if not cfg.teacher_caches:
+        return None
+    from ..teacher_cache import TeacherCache
+
+    if cfg.position == "chunk_mean":
+        raise XtokError("position 'chunk_mean' averages the teacher's full distributions over a group, which a teacher "
+                        "cache does not store; use --position boundary or chain with --teacher-cache")
+    caches = [TeacherCache.open(d) for d in cfg.teacher_caches]
+    for c in caches:
+        c.check(temperature=cfg.temperature, max_length=cfg.seq_len)
+    return caches
 
 
 def _same_tokenizer(student: LoadedModel, teacher: LoadedModel) -> bool:

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import gzip
+import json
 import re
 import shutil
 
@@ -402,3 +403,41 @@ def test_chat_set_is_deterministic_split_and_correct():
             if d:
                 nxt = c[c.index(msg) + 1]["content"]
                 assert nxt == (dt.date.fromisoformat(d.group(2)) + dt.timedelta(days=int(d.group(1)))).isoformat() + "."
+
+
+# ----------------------------------------------------------------------------- chat data for runs
+def test_chat_jsonl_rows_are_read_and_bad_rows_named(tmp_path):
+    from xtok_core.distill.chat_data import ChatBatches, is_chat_data, read_chat_data
+
+    good = {"messages": CONVERSATIONS[0]}
+    f = tmp_path / "chat.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [good, {"messages": CONVERSATIONS[2]}]) + "\n")
+    assert is_chat_data(f) and is_chat_data("chat") and not is_chat_data(tmp_path / "x.txt")
+    convs, names = read_chat_data(f)
+    assert convs == [CONVERSATIONS[0], CONVERSATIONS[2]] and names == ["chat.jsonl row 1", "chat.jsonl row 2"]
+    b = ChatBatches(f, batch_size=3, seed=0)
+    assert b(0) == ChatBatches(f, batch_size=3, seed=0)(0) and len(b(0)[0]) == 3
+    for row, what in [({"messages": []}, "empty list"), ({"text": "hi"}, "no 'messages'"),
+                      ({"messages": [{"role": "user", "content": "Hi"}]}, "no assistant turn"),
+                      ({"messages": [{"role": "user", "content": {"a": 1}}]}, "dict content")]:
+        f.write_text(json.dumps(good) + "\n\n" + json.dumps(row) + "\n")
+        with pytest.raises(XtokError) as e:
+            read_chat_data(f)
+        assert str(e.value).startswith("chat.jsonl row 3:") and what in str(e.value)
+    f.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(XtokError, match="chat.jsonl row 2: not valid JSON"):
+        read_chat_data(f)
+
+
+def test_one_cut_is_shared_by_the_student_and_every_teacher(chat_tok):
+    long = [{"role": "user", "content": f"Question {k}: what is {k}1 + {k}2, and why?"} if i % 2 == 0 else
+            {"role": "assistant", "content": f"{k}1 + {k}2 = {int(f'{k}1') + int(f'{k}2')}."}
+            for k in range(5) for i in range(2)]
+    toks = [chat_tok("llama-3.2"), chat_tok("qwen2.5"), chat_tok("phi-3-mini")]
+    lengths = [len(C.render_chat(long, t).ids) for t in toks]
+    limit = max(lengths) - 10
+    (cut,), rows = C.fit_conversations([long], toks, limit)
+    assert rows == [0] and cut == long[len(long) - len(cut):] and cut[0]["role"] == "user"
+    assert all(len(C.render_chat(cut, t).ids) <= limit for t in toks)
+    one_more = long[len(long) - len(cut) - 2:]
+    assert any(len(C.render_chat(one_more, t).ids) > limit for t in toks)   # the cut is the smallest that fits

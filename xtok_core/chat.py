@@ -599,26 +599,43 @@ class ChatBatch(BatchAlignment):
         return ChatBatch(**moved)
 
 
-def _fits(sc: ChatEncoding, tc: ChatEncoding, max_length) -> bool:
-    return max_length is None or (len(sc.ids) <= max_length and len(tc.ids) <= max_length)
-
-
 def _truncated(messages, render, max_length):
-    """Drop whole messages from the conversation's start (a leading system message stays) until both
-    renderings fit in `max_length`; never cuts inside a message. Returns (first kept index, renderings)
-    or None when not even the last exchange fits."""
-    sc, tc = render(messages)
-    if _fits(sc, tc, max_length):
-        return 0, messages, sc, tc
+    """Drop whole messages from the conversation's start (a leading system message stays) until every
+    rendering `render(messages)` returns fits in `max_length`; never cuts inside a message. Returns
+    (first kept index, kept messages, renderings) or None when not even the last exchange fits."""
+    def fits(encs):
+        return max_length is None or all(len(e.ids) <= max_length for e in encs)
+
+    encs = render(messages)
+    if fits(encs):
+        return 0, messages, encs
     head = messages[:1] if messages[0]["role"] == "system" else []
     for k in range(len(head) + 1, len(messages)):
         if messages[k]["role"] != "user" or not any(m["role"] == "assistant" for m in messages[k:]):
             continue
         cut = head + messages[k:]
-        sc, tc = render(cut)
-        if _fits(sc, tc, max_length):
-            return k, cut, sc, tc
+        encs = render(cut)
+        if fits(encs):
+            return k, cut, encs
     return None
+
+
+def fit_conversations(conversations, toks, max_length: int | None, *, templates=None, names=None, **template_kwargs):
+    """Cut every conversation (whole messages from its start, as `align_chat_batch` does) so that every
+    tokenizer in `toks` renders it in `max_length` tokens: one cut shared by the student and all teachers.
+    Returns (conversations, index of each kept one in the input); those that cannot fit are left out."""
+    toks = [load_tokenizer(t) for t in toks]
+    templates = list(templates) if templates is not None else [None] * len(toks)
+    names = list(names) if names is not None else [f"conversation {i}" for i in range(len(conversations))]
+    out, rows = [], []
+    for i, (msgs, name) in enumerate(zip(conversations, names)):  # rendering is per conversation (Jinja)
+        msgs = check_messages(msgs, name)
+        got = _truncated(msgs, lambda m, name=name: [render_chat(m, t, chat_template=c, name=name, **template_kwargs)
+                                                     for t, c in zip(toks, templates)], max_length)
+        if got is not None:
+            out.append(got[1])
+            rows.append(i)
+    return out, rows
 
 
 def check_trainable(messages, name: str) -> None:
@@ -659,7 +676,7 @@ def align_chat_batch(conversations, student, teacher, *, max_length: int | None 
         got = _truncated(msgs, render, max_length)
         if got is None:
             continue
-        k, cut, sc, tc = got
+        k, cut, (sc, tc) = got
         convs.append(cut)
         s_chats.append(sc)
         t_chats.append(tc)

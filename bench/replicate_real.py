@@ -64,7 +64,8 @@ from xtok_core.align import align_batch  # noqa: E402
 from xtok_core.corpus import arithmetic_eval_set  # noqa: E402
 from xtok_core.distill import DistillConfig, arithmetic_accuracy  # noqa: E402
 from xtok_core.distill.data import TextBatches, decode_samples, encode_padded, sample_continuations, split_prompt  # noqa: E402
-from xtok_core.distill.loop import CrossEntropyOnly, _lr_at, ce_labels  # noqa: E402
+from xtok_core.distill.loop import CrossEntropyOnly, _lr_at  # noqa: E402
+from xtok_core.integrations.collator import CrossTokenizerCollator  # noqa: E402
 from xtok_core.errors import XtokError  # noqa: E402
 from xtok_core.losses import DistillLoss, Teacher, TeacherDistribution  # noqa: E402
 from xtok_core.models import LoadedModel, build_tiny, load_model, pad_id  # noqa: E402
@@ -242,6 +243,7 @@ def train(cfg: DistillConfig, student: LoadedModel, teacher: TeacherSide, device
                                   weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     batches = TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size, cfg.seed)
     n_on = round(cfg.on_policy_ratio * cfg.batch_size)
+    collator = CrossTokenizerCollator(student, [teacher.lm], max_length=cfg.seq_len)
     history = []
     t0 = time.time()
     for step in range(cfg.steps):
@@ -254,8 +256,10 @@ def train(cfg: DistillConfig, student: LoadedModel, teacher: TeacherSide, device
                                         temperature=cfg.sample_temperature, max_length=cfg.seq_len, device=device)
             texts[:n_on] = decode_samples(student.tok, prompts, cont)
             model.train()
-        al = align_batch(texts, student.tok, teacher.tok, add_special_tokens=True, max_length=cfg.seq_len).to(device)
-        labels = ce_labels(al.student_ids, al.student_mask, torch.arange(len(texts), device=device) >= n_on)
+        # `xtok distill`'s batch: every tokenizer encodes the text, CE only on corpus rows (not on samples)
+        batch = collator.encode(texts, ce_rows=torch.arange(len(texts)) >= n_on)
+        al = CrossTokenizerCollator.alignments(batch)[0].to(device)
+        labels = batch["labels"].to(device)
         s_logits = model(input_ids=al.student_ids, attention_mask=al.student_mask.long()).logits.float()
         if cfg.loss == "ce":
             loss, stats = objective(s_logits, labels=labels)

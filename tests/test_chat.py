@@ -441,3 +441,40 @@ def test_one_cut_is_shared_by_the_student_and_every_teacher(chat_tok):
     assert all(len(C.render_chat(cut, t).ids) <= limit for t in toks)
     one_more = long[len(long) - len(cut) - 2:]
     assert any(len(C.render_chat(one_more, t).ids) > limit for t in toks)   # the cut is the smallest that fits
+
+
+def test_a_chat_step_trains_on_assistant_tokens_and_the_teacher_reads_its_own_template(tmp_path, chat_tok, projection):
+    from xtok_core.distill.chat_data import ChatBatches, chat_step
+    from xtok_core.losses import DistillLoss, Teacher
+    from xtok_core.models import build_tiny
+
+    student = build_tiny("tiny:llama-3.2", dim=32, layers=1, seed=0)
+    teacher = build_tiny("tiny:qwen2.5", dim=32, layers=1, seed=1)
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS))
+    torch.manual_seed(0)
+    st = chat_step(ChatBatches(f, batch_size=3, seed=0), 0, student, [teacher],
+                   same_tokenizer=lambda a, b: a.tok.sha256 == b.tok.sha256, n_on_policy=1, max_length=256,
+                   loss_on="assistant", max_new_tokens=8)
+    al = st.alignments[0]
+    assert st.n_sampled == 1 and st.rows == [0, 1, 2]
+    # CE: nothing on the student's own sample, the assistant tokens of the others
+    assert (st.labels[0] == -100).all()
+    for r in (1, 2):
+        tgt = al.student_target[r]
+        assert (st.labels[r][tgt] == st.student_ids[r][tgt]).all() and (st.labels[r][~tgt] == -100).all()
+    # the sampled row: the teacher reads its own template around the student's text
+    sampled = st.conversations[0]
+    t_chat = al.teacher_chats[0]
+    assert t_chat.text == C.render_chat(sampled, chat_tok("qwen2.5")).text
+    assert t_chat.text.startswith("<|im_start|>system\n") and t_chat.text.endswith("<|im_end|>\n")
+    n_t = len(t_chat.ids)
+    assert al.teacher_ids[0, :n_t].tolist() == t_chat.ids.tolist()
+    # the loss runs on these tensors: KD pairs only where the masks say
+    W = projection("llama-3.2", "qwen2.5", student_vocab_size=student.vocab_size, teacher_vocab_size=teacher.vocab_size)
+    loss_fn = DistillLoss([Teacher(W=W)])
+    with torch.no_grad():
+        zs = student.model(input_ids=st.student_ids, attention_mask=st.student_mask.long()).logits
+        zt = teacher.model(input_ids=al.teacher_ids, attention_mask=al.teacher_mask.long()).logits
+    loss, stats = loss_fn(zs, zt, al, input_ids=st.student_ids, attention_mask=st.student_mask, labels=st.labels)
+    assert torch.isfinite(loss) and stats["pairs/teacher0"] == float(al.kd_target.sum())

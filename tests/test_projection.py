@@ -285,3 +285,19 @@ def test_cli_export_writes_run_metrics_as_csv(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = (tmp_path / "m.csv").read_text().splitlines()
     assert rows[0].split(",")[0] == "step" and len(rows) == 3  # the torn last line is skipped
+
+
+def test_retokenize_pass_reads_special_token_text_as_plain_text(projection, tok):
+    """Qwen's plain-text tokens `<s>` / `</s>` are not Mistral's bos / eos: Mistral tokenizes their bytes
+    as text; Qwen's `<unk>` text is not Gemma's unk."""
+    q, m, g = tok("qwen2.5"), tok("mistral-7b"), tok("gemma")
+    w = projection("qwen2.5", "mistral-7b")
+    for text in ("<s>", "</s>"):
+        sid = q.id_of_bytes(text.encode())
+        assert sid is not None and not q.special[sid]
+        cols, _ = w.row(sid)
+        assert not set(cols.tolist()) & {m.roles["bos"], m.roles["eos"]}
+        assert b"".join(m.token_bytes[c] for c in m.retokenize_batch([text])[0]) == text.encode()
+        assert set(cols.tolist()) == set(m.retokenize_batch([text])[0]) and w.kind(sid) == "retokenized"
+    unk = q.id_of_bytes(b"<unk>")
+    assert g.roles["unk"] not in projection("qwen2.5", "gemma").row(unk)[0].tolist()

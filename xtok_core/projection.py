@@ -91,7 +91,7 @@ def _encode_bytes(teacher: Tok, byte_rows: list, byte_token: np.ndarray, unk: in
     out: list = [None] * n
     for a in range(0, n, _CHUNK):
         chunk = texts[a:a + _CHUNK]
-        out[a:a + _CHUNK] = teacher.encode_ids_batch(chunk, dummy_prefix=False)
+        out[a:a + _CHUNK] = teacher.retokenize_batch(chunk)
         if progress:
             progress(p0 + (p1 - p0) * min(a + _CHUNK, n) / max(n, 1), f"re-tokenizing {n:,} student tokens with the teacher")
     unmapped = np.zeros(n, dtype=bool)
@@ -99,11 +99,11 @@ def _encode_bytes(teacher: Tok, byte_rows: list, byte_token: np.ndarray, unk: in
         ids, b = [], byte_rows[j]
         while b:
             try:
-                ids += teacher.encode_ids_batch([b.decode("utf-8")], dummy_prefix=False)[0]
+                ids += teacher.retokenize_batch([b.decode("utf-8")])[0]
                 break
             except UnicodeDecodeError as e:
                 if e.start:
-                    ids += teacher.encode_ids_batch([b[:e.start].decode("utf-8")], dummy_prefix=False)[0]
+                    ids += teacher.retokenize_batch([b[:e.start].decode("utf-8")])[0]
                 for x in b[e.start:e.end]:
                     ids.append(int(byte_token[x]) if byte_token[x] >= 0 else unk)
                     unmapped[j] |= byte_token[x] < 0
@@ -217,7 +217,7 @@ def build_projection(student, teacher, *, max_pieces: int = 4, top_k: int = 4, b
     if reverse_pass:
         say(0.78, "reverse pass: re-tokenizing teacher tokens with the student")
         t_rows = np.flatnonzero(has)
-        s_lists = s.encode_ids_batch([tb[i].decode("utf-8", errors="replace") for i in t_rows], dummy_prefix=False)
+        s_lists = s.retokenize_batch([tb[i].decode("utf-8", errors="replace") for i in t_rows])
         rp = _flatten(t_rows, s_lists)  # here rows are teacher ids and cols student ids
         tr, sc, w = _weigh(rp, max_pieces, base, decay)
         target = np.isin(sc, rt_rows)  # exact rows are done; special/padding rows are by role
@@ -393,7 +393,7 @@ class Projection:
             n = int(self.n_pieces[s])
             if tt is not None and sbytes is not None:
                 try:
-                    ids = tt.encode_ids_batch([sbytes.decode("utf-8")], dummy_prefix=False)[0]
+                    ids = tt.retokenize_batch([sbytes.decode("utf-8")])[0]
                     sequence = [Piece(int(i), name(i), tbytes(i), float(p["base"] * p["decay"] ** k) if k < p["max_pieces"] else 0.0)
                                 for k, i in enumerate(ids)]
                 except UnicodeDecodeError:

@@ -73,8 +73,8 @@ class CrossTokenizerCollator:
         teachers: one or a list of the same.
         max_length: token cap per example on every side; each example keeps the longest run of whole
             aligned groups that fits on all sides, so every model sees the same text prefix.
-        chat: examples carry `messages` (rendered by each model's own chat template; needs
-            `xtok_core.chat`) instead of `text`.
+        chat: examples carry `messages` instead of `text`; each model renders them with its own chat
+            template and only the assistant's content (and end-of-turn) is trained (`encode_chat`).
 
     `collator(examples)` with examples `{"text": str, ...}` (or plain str) returns
         input_ids (B, T_s) long, attention_mask (B, T_s) long, labels (B, T_s) long (-100 on padding),
@@ -97,26 +97,20 @@ class CrossTokenizerCollator:
         self.teacher_widths = [_width_of(t) or tk.vocab_size for t, tk in zip(teachers, self.teachers)]
         self.direct = [shares_tokenizer(student, t) for t in teachers]
         self.max_length, self.chat = int(max_length), bool(chat)
-        if self.chat:
-            raise XtokError("chat=True needs xtok_core.chat, which this install does not have; pass examples "
-                            "with a rendered 'text' and chat=False")
 
     def __call__(self, examples) -> dict:
+        if self.chat:
+            return self.encode_chat(self.conversations(examples))
         return self.encode(self.texts(examples))
 
     @staticmethod
+    def conversations(examples) -> list:
+        return _column(examples, "messages", list, "'messages' list", "give every row 'messages' (role/content "
+                       "dicts) or use chat=False with a 'text' field")
+
+    @staticmethod
     def texts(examples) -> list[str]:
-        out = []
-        for i, ex in enumerate(examples):  # one lookup per example
-            text = ex if isinstance(ex, str) else ex.get("text") if hasattr(ex, "get") else None
-            if not isinstance(text, str):
-                keys = sorted(ex) if hasattr(ex, "keys") else type(ex).__name__
-                raise XtokError(f"example {i} has no 'text' string (keys: {keys}); give every row a 'text' field "
-                                "(or 'messages' with chat=True)")
-            out.append(text)
-        if not out:
-            raise XtokError("empty batch; the dataset yielded no examples")
-        return out
+        return _column(examples, "text", str, "'text' string", "give every row a 'text' field (or 'messages' with chat=True)")
 
     def encode(self, texts: list[str], *, ce_rows: torch.Tensor | None = None) -> dict:
         """The batch for `texts`; `ce_rows (B,) bool` excludes rows from CE (labels -100), e.g. the
@@ -130,8 +124,36 @@ class CrossTokenizerCollator:
         else:
             ids, mask = encode_padded(self.student, texts, self.max_length)
         keep = mask if ce_rows is None else mask & ce_rows.to(mask.device).bool()[:, None]
-        batch = {"input_ids": ids, "attention_mask": mask.long(), "labels": ids.masked_fill(~keep, -100),
-                 "teacher_inputs": []}
+        return self._batch(ids, mask, ids.masked_fill(~keep, -100), views)
+
+    def encode_chat(self, conversations: list) -> dict:
+        """The batch for conversations (`messages` lists), each model rendering its own chat template
+        (`xtok_core.chat.align_chat_batch`): CE labels and KD pairs only on the assistant's content and
+        end-of-turn tokens. Conversations too long are cut at their start, whole messages at a time, by
+        one cut that fits every pair; one whose last exchange fits no pair is left out of the batch."""
+        from ..chat import align_chat_batch
+
+        cross = [t for t, d in zip(self.teachers, self.direct) if not d] or [self.student]
+        convs, names = list(conversations), [f"example {i}" for i in range(len(conversations))]
+        for _ in range(len(cross)):
+            views = [align_chat_batch(convs, self.student, t, max_length=self.max_length, names=names) for t in cross]
+            rows = [v.rows.tolist() for v in views]
+            kept = [dict(zip(r, v.kept.tolist())) for r, v in zip(rows, views)]
+            if all(r == rows[0] for r in rows) and all(k == kept[0] for k in kept):
+                break
+            # pairs cut differently: every conversation takes the deepest cut, then all pairs align again
+            common = sorted(set.intersection(*(set(r) for r in rows)))
+            convs = [_cut_conversation(convs[i], max(k[i] for k in kept)) for i in common]
+            names = [names[i] for i in common]
+        else:
+            raise XtokError(f"the teachers' templates cut {names[0]}... differently at max_length {self.max_length}; "
+                            "raise max_length or shorten the conversations")
+        first, it = views[0], iter(views)
+        views = [None if d else next(it) for d in self.direct]  # a same-tokenizer teacher reads the student's ids
+        return self._batch(first.student_ids, first.student_mask, first.labels, views)
+
+    def _batch(self, ids, mask, labels, views) -> dict:
+        batch = {"input_ids": ids, "attention_mask": mask.long(), "labels": labels, "teacher_inputs": []}
         for m, v in enumerate(views):
             if v is None:
                 batch["teacher_inputs"].append({"input_ids": ids, "attention_mask": mask.long(), "alignment": None})
@@ -153,6 +175,26 @@ class CrossTokenizerCollator:
     def alignments(batch: dict) -> list[BatchAlignment | None]:
         """The `BatchAlignment` per teacher from a (device-moved) batch, for `DistillLoss`."""
         return [None if t["alignment"] is None else BatchAlignment(**t["alignment"]) for t in batch["teacher_inputs"]]
+
+
+def _column(examples, key: str, kind: type, what: str, fix: str) -> list:
+    """`example[key]` of every example (a bare `kind` value stands for itself), or one line naming the row."""
+    out = []
+    for i, ex in enumerate(examples):  # one lookup per example
+        value = ex if isinstance(ex, kind) else ex.get(key) if hasattr(ex, "get") else None
+        if not isinstance(value, kind):
+            keys = sorted(ex) if hasattr(ex, "keys") else type(ex).__name__
+            raise XtokError(f"example {i} has no {what} (keys: {keys}); {fix}")
+        out.append(value)
+    if not out:
+        raise XtokError("empty batch; the dataset yielded no examples")
+    return out
+
+
+def _cut_conversation(messages: list, k: int) -> list:
+    """`messages` from message k on, a leading system message kept (the chat module's truncation rule)."""
+    head = messages[:1] if k and messages[0].get("role") == "system" else []
+    return messages if k == 0 else head + messages[k:]
 
 
 def common_student_prefix(views: list) -> list:
@@ -272,7 +314,8 @@ class CrossTokenizerDistillTrainer(_trainer_base()):
         projections: per teacher a `Projection`, a W file, or None (built from both tokenizers).
         loss: pkl | hkl | gold | gold-trl | uld | auto (the coverage audit per teacher), or one per teacher.
         alphas, temperature, kd_weight (None: dynamic λ = sg(CE)/sg(KD)), position: as `DistillLoss`.
-        max_length: token cap per example of the default collator.
+        max_length, chat: the default collator's token cap per example, and whether rows are `messages`
+            (each model's own chat template; CE and KD on the assistant's content only) rather than `text`.
 
     The raw-text collator needs the `text` column, so `args.remove_unused_columns` is set to False.
     `compute_loss` returns the micro-batch mean (CE and KD are means over tokens / aligned pairs), and the
@@ -285,13 +328,13 @@ class CrossTokenizerDistillTrainer(_trainer_base()):
 
     def __init__(self, model=None, args=None, *, teachers, student_tokenizer=None, projections=None,
                  loss: "str | list" = "pkl", alphas=None, temperature: float = 1.0, kd_weight: float | None = None,
-                 position: str = "boundary", max_length: int = 512, teacher_device=None, data_collator=None,
-                 **kwargs):
+                 position: str = "boundary", max_length: int = 512, chat: bool = False, teacher_device=None,
+                 data_collator=None, **kwargs):
         student = as_loaded(model, student_tokenizer, what="student")
         teachers = [as_loaded(t, what=f"teacher {m}")
                     for m, t in enumerate(teachers if isinstance(teachers, (list, tuple)) else [teachers])]
         if data_collator is None:
-            data_collator = CrossTokenizerCollator(student, teachers, max_length=max_length)
+            data_collator = CrossTokenizerCollator(student, teachers, max_length=max_length, chat=chat)
         super().__init__(model=student.model, args=args, data_collator=data_collator, **kwargs)
         self.args.remove_unused_columns = False  # the collator reads `text`, which no model forward takes
         self.model_accepts_loss_kwargs = False   # the loss is ours: no label counting for the model's loss

@@ -478,3 +478,52 @@ def test_a_chat_step_trains_on_assistant_tokens_and_the_teacher_reads_its_own_te
         zt = teacher.model(input_ids=al.teacher_ids, attention_mask=al.teacher_mask.long()).logits
     loss, stats = loss_fn(zs, zt, al, input_ids=st.student_ids, attention_mask=st.student_mask, labels=st.labels)
     assert torch.isfinite(loss) and stats["pairs/teacher0"] == float(al.kd_target.sum())
+
+
+# ----------------------------------------------------------------------------- runs on conversations
+def _chat_run_config(data, **kw):
+    from xtok_core.distill import DistillConfig
+
+    base = dict(student="tiny:llama-3.2", teachers=["tiny:qwen2.5"], train_demo_teacher=False, data=str(data),
+                steps=2, batch_size=3, seq_len=160, tiny_dim=32, tiny_layers=1, eval_every=0, checkpoint_every=50,
+                warmup=1, on_policy_ratio=0.34, max_new_tokens=6, device="cpu")
+    return DistillConfig(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_a_run_trains_on_conversations_with_kd_only_on_assistant_pairs(tmp_path):
+    from xtok_core.distill import run_distillation
+
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS))
+    res = run_distillation(_chat_run_config(f), tmp_path / "run", progress=False, log=lambda *a: None)
+    assert res.state == "finished" and len(res.metrics) == 2
+    for row in res.metrics:
+        assert np.isfinite(row["loss"]) and row["pairs/t0"] > 0
+    # the same batch aligned by hand: KD pairs are the assistant groups, fewer than with --loss-on all
+    from xtok_core.distill.chat_data import ChatBatches
+
+    convs, _ = ChatBatches(f, batch_size=3, seed=0)(0)
+    assistant = int(C.align_chat_batch(convs, "llama-3.2", "qwen2.5").kd_target.sum())
+    everything = int(C.align_chat_batch(convs, "llama-3.2", "qwen2.5", loss_on="all").kd_target.sum())
+    assert 0 < assistant < everything
+    res_all = run_distillation(_chat_run_config(f, loss_on="all", on_policy_ratio=0.0, steps=1), tmp_path / "all",
+                               progress=False, log=lambda *a: None)
+    res_off = run_distillation(_chat_run_config(f, on_policy_ratio=0.0, steps=1), tmp_path / "off",
+                               progress=False, log=lambda *a: None)
+    assert res_all.metrics[0]["pairs/t0"] == everything and res_off.metrics[0]["pairs/t0"] == assistant
+
+
+def test_a_run_on_conversations_needs_every_model_to_have_a_template(tmp_path):
+    from xtok_core.distill import run_distillation
+
+    cfg = _chat_run_config("chat", student="tiny:gpt2", steps=1)
+    with pytest.raises(XtokError, match=r"tiny:gpt2 .* no chat template.*--chat-template FILE") as e:
+        run_distillation(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert "\n" not in str(e.value)
+    t = tmp_path / "plain.jinja"
+    t.write_text("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token + '\n' }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    res = run_distillation(cfg.replace(chat_template=str(t), on_policy_ratio=0.0), tmp_path / "run2", progress=False,
+                           log=lambda *a: None)
+    assert res.state == "finished" and res.metrics[0]["pairs/t0"] > 0

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from ..errors import XtokError
 from ..losses import host_stats
 from .config import DistillConfig
+from .chat_data import ChatBatches, chat_step, check_templates, is_chat_data
 from .data import TextBatches, decode_samples, encode_padded, sample_continuations, split_prompt
 from .evaluate import arithmetic_accuracy
 from ..models import LoadedModel, build_tiny, is_tiny, load_model, load_model_dir
@@ -246,7 +247,15 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                 run.truncate_metrics(step - 1)
         elif resume and main:
             run.truncate_metrics(-1)
-        batches = TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch)
+        chat = is_chat_data(cfg.data)  # conversations: each model renders them with its own chat template
+        if chat:
+            if caches:
+                raise XtokError("--teacher-cache stores teachers on plain text; conversations need each teacher on its "
+                                "own rendering: drop --teacher-cache for chat --data")
+            check_templates([student, *teachers], cfg.chat_template)
+            batches = ChatBatches(cfg.data, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch)
+        else:
+            batches = TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         n_on_policy = round(cfg.on_policy_ratio * cfg.batch_size)
         t_start, last_saved = time.time(), step - 1
@@ -263,24 +272,31 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * lr_scale
             # -- 1. the text of this step: corpus, with some rows replaced by student samples --
-            texts = batches(step)
-            if n_on_policy:
-                prompts = [split_prompt(t) for t in texts[:n_on_policy]]
-                with autocast:
-                    cont = sample_continuations(student.model, student.tok, prompts, max_new_tokens=cfg.max_new_tokens,
-                                                temperature=cfg.sample_temperature, max_length=cfg.seq_len, device=device)
-                texts[:n_on_policy] = decode_samples(student.tok, prompts, cont)
-            # -- 2. every tokenizer encodes the same text; other tokenizers are aligned to the student --
-            alignments = [None if _same_tokenizer(student, t) else _align(texts, student, t, cfg.seq_len).to(device)
-                          for t in teachers]
-            first = next((a for a in alignments if a is not None), None)
-            if first is not None:
-                s_ids, s_mask = first.student_ids, first.student_mask
+            if chat:  # conversations: the same steps 1-2, with templates, loss masks and student-written turns
+                cs = chat_step(batches, step, student, teachers, same_tokenizer=_same_tokenizer, n_on_policy=n_on_policy,
+                               max_length=cfg.seq_len, loss_on=cfg.loss_on, chat_template=cfg.chat_template,
+                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature, device=device,
+                               autocast=autocast)
+                alignments, s_ids, s_mask, labels, texts = cs.alignments, cs.student_ids, cs.student_mask, cs.labels, cs.rows
             else:
-                s_ids, s_mask = encode_padded(student.tok, texts, cfg.seq_len)
-            s_ids, s_mask = s_ids.to(device), s_mask.to(device)
-            # CE only on corpus rows: the student's own samples are not targets to imitate
-            labels = ce_labels(s_ids, s_mask, torch.arange(len(texts), device=device) >= n_on_policy)
+                texts = batches(step)
+                if n_on_policy:
+                    prompts = [split_prompt(t) for t in texts[:n_on_policy]]
+                    with autocast:
+                        cont = sample_continuations(student.model, student.tok, prompts, max_new_tokens=cfg.max_new_tokens,
+                                                    temperature=cfg.sample_temperature, max_length=cfg.seq_len, device=device)
+                    texts[:n_on_policy] = decode_samples(student.tok, prompts, cont)
+                # -- 2. every tokenizer encodes the same text; other tokenizers are aligned to the student --
+                alignments = [None if _same_tokenizer(student, t) else _align(texts, student, t, cfg.seq_len).to(device)
+                              for t in teachers]
+                first = next((a for a in alignments if a is not None), None)
+                if first is not None:
+                    s_ids, s_mask = first.student_ids, first.student_mask
+                else:
+                    s_ids, s_mask = encode_padded(student.tok, texts, cfg.seq_len)
+                s_ids, s_mask = s_ids.to(device), s_mask.to(device)
+                # CE only on corpus rows: the student's own samples are not targets to imitate
+                labels = ce_labels(s_ids, s_mask, torch.arange(len(texts), device=device) >= n_on_policy)
             # -- 3. forward passes (teachers without grad) --
             with autocast:
                 s_logits = model(input_ids=s_ids, attention_mask=s_mask.long()).logits

@@ -121,6 +121,11 @@ def _weigh(p: _Pieces, max_pieces: int, base: float, decay: float):
     return p.rows[keep], p.cols[keep], base * decay ** p.pos[keep].astype(np.float64)
 
 
+def _per_token(owner: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weights normalised to sum to 1 over each owner token's pieces."""
+    return w / np.bincount(owner, weights=w)[owner]
+
+
 def _assemble(rows, cols, vals, n_rows: int, n_cols: int, top_k: int, normalise: bool = True) -> sp.csr_array:
     """Sum duplicates, keep each row's top_k (ties to the lower column), normalise, build CSR.
 
@@ -206,6 +211,7 @@ def build_projection(student, teacher, *, max_pieces: int = 4, top_k: int = 4, b
     id_lists, unmapped = _encode_bytes(t, rt_bytes, byte_token, unk, progress, 0.15, 0.75)
     pieces = _flatten(rt_rows, id_lists)
     r, c, v = _weigh(pieces, max_pieces, base, decay)
+    forward_at = len(vals_l)
     rows_l.append(r); cols_l.append(c); vals_l.append(v)
     n_pieces[rt_rows] = np.minimum(pieces.counts, np.iinfo(np.int16).max)
     kinds[rt_rows] = np.where(unmapped, UNMAPPED, np.where(pieces.counts > max_pieces, TRUNCATED, RETOKENIZED))
@@ -215,11 +221,15 @@ def build_projection(student, teacher, *, max_pieces: int = 4, top_k: int = 4, b
         rows_l.append(rt_rows[empty]); cols_l.append(np.full(int(empty.sum()), unk)); vals_l.append(np.ones(int(empty.sum())))
 
     if reverse_pass:
+        # NeMo-RL's bidirectional build: each token's piece weights are normalised to 1 per token
+        # (its create_weight_distribution) before they are added up, in both directions.
         say(0.78, "reverse pass: re-tokenizing teacher tokens with the student")
+        vals_l[forward_at] = _per_token(r, v)
         t_rows = np.flatnonzero(has)
         s_lists = s.retokenize_batch([tb[i].decode("utf-8", errors="replace") for i in t_rows])
         rp = _flatten(t_rows, s_lists)  # here rows are teacher ids and cols student ids
         tr, sc, w = _weigh(rp, max_pieces, base, decay)
+        w = _per_token(tr, w)
         target = np.isin(sc, rt_rows)  # exact rows are done; special/padding rows are by role
         rows_l.append(sc[target]); cols_l.append(tr[target]); vals_l.append(w[target])
 

@@ -404,7 +404,7 @@ def coverage_audit(student, teacher, projection=None, *, threshold: float = DEFA
     label, reason = recommend(categories, threshold, t.name)
     notes = []
     for side, tok in (("student", s), ("teacher", t)):
-        if "+lowercase" in tok.family or "strip_accents" in tok.family:
+        if tok.folds_case:
             notes.append(f"The {side} {tok.name} is {tok.family}: it lower-cases (or strips accents) before tokenizing, "
                          f"so exact matches are only up to case.")
     say(1.0, "done")

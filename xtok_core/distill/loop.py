@@ -4,7 +4,7 @@
                    as its own run before this run's loop starts), W per teacher, `--loss auto` resolved
 
     texts  -> (on-policy: student samples, decoded)      data.py
-           -> every tokenizer encodes the text, aligned   align_batch
+           -> every tokenizer encodes the text, aligned   integrations.collator (align_batch)
            -> student logits, teacher logits (no grad)
            -> CE + λ·Σ α_m KD_m                           losses.DistillLoss
            -> backward, clip, AdamW step
@@ -30,10 +30,11 @@ import torch
 import torch.distributed as dist
 
 from ..errors import XtokError
+from ..integrations.collator import CrossTokenizerCollator
 from ..losses import host_stats
 from .config import DistillConfig
-from .data import (TextBatches, decode_samples, encode_padded, pack_examples, read_documents, sample_continuations,
-                   split_heldout, split_prompt, window_documents)
+from .data import (TextBatches, decode_samples, pack_examples, read_documents, sample_continuations, split_heldout,
+                   split_prompt, window_documents)
 from .evaluate import arithmetic_accuracy, heldout_metrics
 from ..models import LoadedModel, build_tiny, is_tiny, load_model, load_model_dir
 from .rundir import RunDir, gather_rng_states
@@ -273,6 +274,7 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                               examples=prep.train_texts)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         n_on_policy = round(cfg.on_policy_ratio * cfg.batch_size)
+        collator = CrossTokenizerCollator(student, teachers, max_length=cfg.seq_len)
         t_start, last_saved = time.time(), step - 1
         t_log, steps_since_log = time.time(), 0
         bar = _progress(progress and main, step, cfg.steps)
@@ -295,16 +297,12 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                                                 temperature=cfg.sample_temperature, max_length=cfg.seq_len, device=device)
                 texts[:n_on_policy] = decode_samples(student.tok, prompts, cont)
             # -- 2. every tokenizer encodes the same text; other tokenizers are aligned to the student --
-            alignments = [None if _same_tokenizer(student, t) else _align(texts, student, t, cfg.seq_len).to(device)
-                          for t in teachers]
-            first = next((a for a in alignments if a is not None), None)
-            if first is not None:
-                s_ids, s_mask = first.student_ids, first.student_mask
-            else:
-                s_ids, s_mask = encode_padded(student.tok, texts, cfg.seq_len)
-            s_ids, s_mask = s_ids.to(device), s_mask.to(device)
-            # CE only on corpus rows: the student's own samples are not targets to imitate
-            labels = ce_labels(s_ids, s_mask, torch.arange(len(texts), device=device) >= n_on_policy)
+            # (the collator the Hugging Face Trainer uses; CE only on corpus rows: the student's own samples
+            # are not targets to imitate)
+            batch = collator.encode(texts, ce_rows=torch.arange(len(texts)) >= n_on_policy)
+            alignments = [a if a is None else a.to(device) for a in CrossTokenizerCollator.alignments(batch)]
+            s_ids, s_mask = batch["input_ids"].to(device), batch["attention_mask"].bool().to(device)
+            labels = batch["labels"].to(device)
             # -- 3. forward passes (teachers without grad) --
             with autocast:
                 s_logits = model(input_ids=s_ids, attention_mask=s_mask.long()).logits
@@ -408,12 +406,6 @@ def resume_distillation(run_dir: "str | Path", *, steps: int | None = None, **kw
 
 
 # ------------------------------------------------------------------------ pieces of a step
-def _align(texts: list[str], student: LoadedModel, teacher: LoadedModel, max_length: int):
-    from ..align import align_batch
-
-    return align_batch(texts, student.tok, teacher.tok, add_special_tokens=True, max_length=max_length)
-
-
 def _objective(cfg: DistillConfig, prep: Prepared) -> torch.nn.Module:
     """CE alone, or losses.DistillLoss with one W per teacher (none for a teacher that shares the
     student's tokenizer: direct KL, no alignment)."""
@@ -445,11 +437,6 @@ def _teacher_caches(cfg: DistillConfig):
 
 def _same_tokenizer(student: LoadedModel, teacher: LoadedModel) -> bool:
     return student.tok.sha256 == teacher.tok.sha256 and student.vocab_size == teacher.vocab_size
-
-
-def ce_labels(ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """HF-style unshifted labels: the ids, -100 on padding and on rows excluded from CE."""
-    return ids.masked_fill(~(mask & rows[:, None]), -100)
 
 
 class CrossEntropyOnly(torch.nn.Module):

@@ -527,3 +527,21 @@ def test_a_run_on_conversations_needs_every_model_to_have_a_template(tmp_path):
     res = run_distillation(cfg.replace(chat_template=str(t), on_policy_ratio=0.0), tmp_path / "run2", progress=False,
                            log=lambda *a: None)
     assert res.state == "finished" and res.metrics[0]["pairs/t0"] > 0
+
+
+def test_held_out_conversations_are_never_trained_on(tmp_path):
+    from xtok_core.distill.chat_data import ChatBatches, chat_heldout_texts, split_chat_data
+
+    convs = chat_set("train")[:60]
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))
+    train, names, held = split_chat_data(f, 0.2)
+    assert held and len(train) + len(held) == 60 and not [c for c in held if c in train]
+    assert split_chat_data(f, 0.2)[2] == held    # the hash decides, not the order or the seed
+    f2 = tmp_path / "reversed.jsonl"
+    f2.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs[::-1]))
+    assert sorted(map(str, split_chat_data(f2, 0.2, seed=5)[2])) == sorted(map(str, held))
+    seen = [c for s in range(40) for c in ChatBatches(f, batch_size=3, seed=0, heldout_fraction=0.2)(s)[0]]
+    assert not [c for c in held if c in seen]
+    assert chat_heldout_texts(f, 0.2)[0] == "\n\n".join(m["content"] for m in held[0])
+    assert split_chat_data("chat")[2] == chat_set("eval")

@@ -71,12 +71,36 @@ def read_chat_data(spec, seed: int = 0) -> tuple[list, list]:
     return convs, names
 
 
+def split_chat_data(spec, heldout_fraction: float = 0.0, seed: int = 0) -> tuple[list, list, list]:
+    """(train conversations, their names, held-out conversations). The bundled set has its own held-out
+    split (`chat:eval`); a file's conversations are held out by the hash of their JSON, as text documents
+    are (`data.split_heldout`), so the split does not depend on the file's order or the seed."""
+    from .data import split_heldout
+
+    convs, names = read_chat_data(spec, seed)
+    if str(spec) in BUNDLED:
+        return convs, names, (read_chat_data("chat:eval", seed)[0] if str(spec) != "chat:eval" else [])
+    keys = [json.dumps(c, sort_keys=True, ensure_ascii=False) for c in convs]
+    _, held_keys = split_heldout(keys, heldout_fraction)
+    held = set(held_keys)
+    train = [(c, n) for c, n, k in zip(convs, names, keys) if k not in held]
+    return [c for c, _ in train], [n for _, n in train], [c for c, k in zip(convs, keys) if k in held]
+
+
+def chat_heldout_texts(spec, heldout_fraction: float = 0.0, seed: int = 0) -> list:
+    """The held-out conversations as plain text (their contents, blank-line separated): what the run's
+    held-out CE reads, the same text for every tokenizer."""
+    return ["\n\n".join(m["content"] for m in c) for c in split_chat_data(spec, heldout_fraction, seed)[2]]
+
+
 class ChatBatches:
     """Deterministic batches of conversations: step `s` on rank `r` of `w` reads conversations
-    `(s * w + r) * B ... + B` of the epoch's shuffled order (seeded), like `TextBatches`."""
+    `(s * w + r) * B ... + B` of the epoch's shuffled order (seeded), like `TextBatches`; held-out
+    conversations (`split_chat_data`) are never trained on."""
 
-    def __init__(self, spec, batch_size: int, seed: int, rank: int = 0, world: int = 1, fixed: bool = False):
-        self.conversations, self.names = read_chat_data(spec, seed)
+    def __init__(self, spec, batch_size: int, seed: int, rank: int = 0, world: int = 1, fixed: bool = False,
+                 heldout_fraction: float = 0.0):
+        self.conversations, self.names, _ = split_chat_data(spec, heldout_fraction, seed)
         self.batch_size, self.seed, self.rank, self.world, self.fixed = batch_size, seed, rank, world, fixed
         self._orders: dict = {}
 

@@ -486,7 +486,7 @@ def _chat_run_config(data, **kw):
 
     base = dict(student="tiny:llama-3.2", teachers=["tiny:qwen2.5"], train_demo_teacher=False, data=str(data),
                 steps=2, batch_size=3, seq_len=160, tiny_dim=32, tiny_layers=1, eval_every=0, checkpoint_every=50,
-                warmup=1, on_policy_ratio=0.34, max_new_tokens=6, device="cpu")
+                warmup=1, on_policy_ratio=0.34, max_new_tokens=6, device="cpu", heldout_fraction=0.0)
     return DistillConfig(**{**base, **kw})
 
 
@@ -524,9 +524,10 @@ def test_a_run_on_conversations_needs_every_model_to_have_a_template(tmp_path):
     t = tmp_path / "plain.jinja"
     t.write_text("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token + '\n' }}{% endfor %}"
                  "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
-    res = run_distillation(cfg.replace(chat_template=str(t), on_policy_ratio=0.0), tmp_path / "run2", progress=False,
-                           log=lambda *a: None)
+    res = run_distillation(cfg.replace(chat_template=str(t), on_policy_ratio=0.0, eval_every=1, eval_size=4),
+                           tmp_path / "run2", progress=False, log=lambda *a: None)
     assert res.state == "finished" and res.metrics[0]["pairs/t0"] > 0
+    assert np.isfinite(res.metrics[0]["eval_ce"])   # held out: the chat set's eval split, as plain content
 
 
 def test_held_out_conversations_are_never_trained_on(tmp_path):

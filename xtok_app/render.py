@@ -6,6 +6,8 @@ check what a page will show without a browser.
 
 from __future__ import annotations
 
+import re
+
 _VISIBLE = str.maketrans({" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"})
 _GOLDEN = 0.6180339887498949
 
@@ -26,8 +28,24 @@ def visible_bytes(b: bytes | None, name: str = "") -> str:
     if b is None:
         return name or "∅"
     text = b.decode("utf-8", errors="backslashreplace").translate(_VISIBLE)
-    # Other control characters would vanish on screen.
-    return "".join(c if c.isprintable() or c in "·↵⇥␍" else f"\\x{ord(c):02x}" for c in text)
+    # Other control and zero-width characters would vanish on screen: a code point, written as Python
+    # writes it (`\\x0b`, `\\u200d`), so a joiner never reads as the byte `\\x20` followed by `0d`.
+    return "".join(c if c.isprintable() or c in "·↵⇥␍" else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+_MD_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def md_text(text: str) -> str:
+    """Text shown literally inside Markdown (st.warning, st.info, st.markdown): every ASCII
+    punctuation character is backslash-escaped (CommonMark), so `a*b*c` is not italics and `$1$`
+    not maths."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text))
 
 
 def token_label(tok, token_id: int) -> str:
@@ -51,6 +69,10 @@ CHIP_CSS = """
 .xtok-chips{line-height:2.3;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.95rem}
 .xtok-chip{padding:2px 4px;margin:0 2px 0 0;border-radius:4px;border:1px solid rgba(0,0,0,.12);white-space:pre}
 .xtok-chip.faded{opacity:.35;text-decoration:line-through}
+a.xtok-chip{color:inherit;text-decoration:none}
+a.xtok-chip:hover{outline:2px solid #3b6fd8}
+.xtok-chip.grey{background:#eee !important;color:#999}
+.xtok-chip.disagree{box-shadow:inset 0 -3px 0 #d8593b}
 .xtok-chip sub{font-size:.62rem;opacity:.6;margin-left:2px}
 table.xtok-table{border-collapse:collapse;font-size:.92rem;margin:.3rem 0 .8rem 0}
 table.xtok-table th,table.xtok-table td{border-bottom:1px solid rgba(128,128,128,.25);padding:4px 10px;text-align:left}
@@ -60,9 +82,12 @@ table.xtok-table td.piece{font-family:ui-monospace,SFMono-Regular,Menlo,monospac
 """
 
 
-def chips_html(tok, ids, colour_keys=None, *, show_ids: bool = False, css_class: str = "", faded=()) -> str:
+def chips_html(tok, ids, colour_keys=None, *, show_ids: bool = False, css_class: str = "", faded=(), href=None,
+               extra_class=None) -> str:
     """Tokens as coloured chips. `colour_keys[i]` picks chip i's colour (default: its token id);
-    chips at the positions in `faded` are drawn faded and struck through (e.g. pieces W drops)."""
+    chips at the positions in `faded` are drawn faded and struck through (e.g. pieces W drops).
+    `href(token_id)` makes each chip a link (same tab), e.g. to its row of W; `extra_class(i)` adds
+    CSS classes to chip i (e.g. `grey`, `disagree`)."""
     keys = list(ids) if colour_keys is None else list(colour_keys)
     out = []
     for i, (tid, key) in enumerate(zip(map(int, ids), map(int, keys))):
@@ -70,20 +95,31 @@ def chips_html(tok, ids, colour_keys=None, *, show_ids: bool = False, css_class:
         title = esc(f"id {tid} · bytes {hex_bytes(tok.token_bytes[tid])}")
         sub = f"<sub>{tid}</sub>" if show_ids else ""
         cls = "xtok-chip faded" if i in faded else "xtok-chip"
-        out.append(f'<span class="{cls}" style="background:{colour(key)}" title="{title}">{label}{sub}</span>')
+        if extra_class is not None and extra_class(i):
+            cls += " " + extra_class(i)
+        style = f"background:{colour(key)}" if key >= 0 else ""
+        if href is not None:
+            out.append(f'<a class="{cls}" style="{style}" title="{title}" href="{esc(href(tid))}" target="_self">{label}{sub}</a>')
+        else:
+            out.append(f'<span class="{cls}" style="{style}" title="{title}">{label}{sub}</span>')
     return f'<div class="xtok-chips {css_class}">{"".join(out)}</div>'
 
 
 def table_html(headers: list[str], rows: list[list], *, css_class: str = "", numeric: set[int] = frozenset(),
-               mono: set[int] = frozenset()) -> str:
-    """A plain HTML table (its text is in the page, unlike a canvas data grid)."""
+               mono: set[int] = frozenset(), links: dict | None = None) -> str:
+    """A plain HTML table (its text is in the page, unlike a canvas data grid). `links[j](row)` makes
+    column j's cell a link (same tab)."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
+    links = links or {}
     for row in rows:
         cells = []
         for j, v in enumerate(row):
             cls = "num" if j in numeric else "piece" if j in mono else ""
-            cells.append(f'<td class="{cls}">{esc(v)}</td>')
+            inner = esc(v)
+            if j in links and (url := links[j](row)):
+                inner = f'<a href="{esc(url)}" target="_self">{inner}</a>'
+            cells.append(f'<td class="{cls}">{inner}</td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
     return f'<table class="xtok-table {css_class}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 

@@ -227,7 +227,9 @@ def test_to_torch_matches_scipy(projection):
     x = np.random.default_rng(0).random((3, w.shape[0])).astype(np.float32)
     want = x @ w.matrix
     got = (w.to_torch().t() @ torch.from_numpy(x).t()).t()
-    assert np.allclose(got.numpy(), want, atol=1e-5)
+    # both sides round a float32 sum per column: n terms (the column's non-zeros), each x·w ≤ 1
+    n_terms = np.bincount(w.matrix.indices, minlength=w.shape[1])
+    assert (np.abs(got.numpy() - want) <= 2 * n_terms * np.finfo(np.float32).eps).all()
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):

@@ -112,12 +112,31 @@ def test_o200k_holes_size_the_vocabulary(tok):
 
 
 def test_bundled_hashes_match_provenance(tok):
-    table = (ASSETS / "PROVENANCE.md").read_text()
-    for name in bundled_tokenizers():
-        m = re.search(rf"^\| {re.escape(name)} \| ([0-9a-f]{{64}}) \|$", table, re.M)
-        if m:
-            assert tok(name).sha256 == m.group(1)
-            assert hashlib.sha256(gzip.decompress((ASSETS / name / "tokenizer.json.gz").read_bytes())).hexdigest() == m.group(1)
+    table = dict(re.findall(r"^\| ([\w.-]+) \| ([0-9a-f]{64}) \|$", (ASSETS / "PROVENANCE.md").read_text(), re.M))
+    # every downloaded tokenizer has a hash row; bert-wordpiece is xtok's own (its README says how it is made)
+    assert set(table) == set(bundled_tokenizers()) - {"bert-wordpiece"}
+    for name, want in table.items():
+        assert tok(name).sha256 == want
+        assert hashlib.sha256(gzip.decompress((ASSETS / name / "tokenizer.json.gz").read_bytes())).hexdigest() == want
+
+
+def test_bytes_index_prefers_the_regular_piece_over_its_byte_fallback_twin(tok):
+    """Mistral has `A` (28741) and its byte-fallback twin `<0x41>` (68): W, NeMo imports and the
+    explorer's token search all resolve the bytes b"A" to the regular piece."""
+    from xtok_app.search import find_tokens
+    from xtok_core.projection import build_projection
+
+    m = tok("mistral-7b")
+    twins = [i for i in range(m.vocab_size) if m.token_bytes[i] == b"A"]
+    assert len(twins) == 2 and m.byte_fallback_ids[min(twins)] and not m.byte_fallback_ids[max(twins)]
+    regular = max(twins)
+    assert m.id_of_bytes(b"A") == regular and m.backend.id_to_token(regular) == "A"
+    assert find_tokens(m, "A")[0].token_id == regular
+    # W with Mistral as teacher: the student's `A` maps to the regular piece
+    w = build_projection("gpt2", "mistral-7b")
+    assert w.row(tok("gpt2").id_of_bytes(b"A"))[0].tolist() == [regular]
+    # a byte with no regular piece keeps its fallback token
+    assert m.byte_fallback_ids[m.id_of_bytes(b"\x00")]
 
 
 def test_load_by_path_and_directory_gives_the_same_tokenizer(tok, tmp_path):

@@ -22,13 +22,9 @@ MAX_QUERY = 200  # characters; the box is bounded too (a query is one token's te
 
 
 @lru_cache(maxsize=16)
-def _index(tok) -> tuple[dict, pd.Series]:
-    """bytes -> lowest id, and every token's text, built once per tokenizer (C-level, no per-token Python work)."""
-    n = tok.vocab_size
-    by_bytes = dict(zip(reversed(tok.token_bytes), range(n - 1, -1, -1)))
-    by_bytes.pop(None, None)
-    texts = pd.Series(np.array([b.decode("utf-8", "replace") if b else "" for b in tok.token_bytes], dtype=object))
-    return by_bytes, texts
+def _texts(tok) -> pd.Series:
+    """Every token's text, built once per tokenizer, for the substring search."""
+    return pd.Series(np.array([b.decode("utf-8", "replace") if b else "" for b in tok.token_bytes], dtype=object))
 
 
 def parse_id(query: str) -> int | None:
@@ -48,7 +44,7 @@ def find_tokens(tok, query: str, limit: int = 25) -> list[Match]:
     explicit = parse_id(query)
     if explicit is not None:
         return [Match(explicit, "id")] if 0 <= explicit < tok.vocab_size else []
-    by_bytes, texts = _index(tok)
+    texts = _texts(tok)
     text = query.translate(_TYPED)
     out: list[Match] = []
     seen: set[int] = set()
@@ -58,9 +54,10 @@ def find_tokens(tok, query: str, limit: int = 25) -> list[Match]:
             seen.add(i)
             out.append(Match(int(i), how))
 
-    add(by_bytes.get(text.encode("utf-8")), "text")
+    # the tokenizer's bytes index: W's tie rule (a regular piece over its byte-fallback twin)
+    add(tok.id_of_bytes(text.encode("utf-8")), "text")
     if not text.startswith(" "):
-        add(by_bytes.get((" " + text).encode("utf-8")), "text with a leading space")
+        add(tok.id_of_bytes((" " + text).encode("utf-8")), "text with a leading space")
     hits = texts[texts.str.contains(text, regex=False)]
     hits = hits.iloc[np.lexsort((hits.index.to_numpy(), hits.str.len().to_numpy()))]
     for i in hits.index[: limit * 2].tolist():
@@ -82,9 +79,8 @@ EXAMPLES = ("2019", "2024", "123", "365", "100")  # numerals a new user recognis
 def worked_example(tok, w) -> str:
     """A numeral that is one student token and whose W row has several teacher pieces (the row that
     shows what W does), or "" when the pair has none among the familiar ones."""
-    by_bytes, _ = _index(tok)
     for text in EXAMPLES:
-        i = by_bytes.get(text.encode())
+        i = tok.id_of_bytes(text.encode())
         if i is not None and len(w.explain(i).pieces) > 1:
             return text
     return ""

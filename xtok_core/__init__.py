@@ -17,6 +17,8 @@ _LAZY = {
     "align_spans": ("align", "align_spans"),
     "align_batch": ("align", "align_batch"),
     "Alignment": ("align", "Alignment"),
+    "load_model": ("models", "load_model"),
+    "LoadedModel": ("models", "LoadedModel"),
 }
 
 
@@ -26,7 +28,7 @@ def __getattr__(name):
 
         mod, attr = _LAZY[name]
         return getattr(importlib.import_module(f".{mod}", __name__), attr)
-    if name in ("losses", "distill"):
+    if name in ("losses", "distill", "models"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
@@ -34,4 +36,4 @@ def __getattr__(name):
 
 
 __all__ = ["XtokError", "Encoding", "Tok", "TokenizerRef", "bundled_tokenizers", "load_tokenizer",
-           "DEFAULT_STUDENT", "DEFAULT_TEACHER", *_LAZY, "losses", "distill", "__version__"]
+           "DEFAULT_STUDENT", "DEFAULT_TEACHER", *_LAZY, "losses", "distill", "models", "__version__"]

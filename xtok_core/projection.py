@@ -28,7 +28,6 @@ import io
 import json
 import os
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -178,15 +177,11 @@ def build_projection(student, teacher, *, max_pieces: int = 4, top_k: int = 4, b
     say = progress or (lambda f, m: None)
     say(0.0, f"indexing {t.name}'s {t.vocab_size:,} teacher tokens")
 
-    # Teacher bytes -> id. Later entries win in dict(zip()), so feed byte-fallback twins first and
-    # ids high to low: the regular piece with the lowest id is what stays.
+    # Teacher bytes -> id with the tie rule of SPEC §2.1 (regular piece over its byte-fallback twin,
+    # then the lowest id): the tokenizer's one index.
     tb = t.token_bytes
     has = np.fromiter((b is not None for b in tb), dtype=bool, count=t.vocab_size) & ~t.special
-    regular = np.flatnonzero(has & ~t.byte_fallback_ids)[::-1]
-    fallback = np.flatnonzero(has & t.byte_fallback_ids)[::-1]
-    feed = np.concatenate([fallback, regular]).tolist()
-    lookup = dict(zip([tb[i] for i in feed], feed))
-    byte_token = np.array([lookup.get(bytes([x]), -1) for x in range(256)], dtype=np.int64)
+    byte_token = t.ids_of_bytes(bytes([x]) for x in range(256))
     eos = _fallback_id(t)
     unk = t.roles.get("unk", eos)
 
@@ -194,7 +189,7 @@ def build_projection(student, teacher, *, max_pieces: int = 4, top_k: int = 4, b
     sb = s.token_bytes
     text_rows = np.flatnonzero(np.fromiter((b is not None for b in sb), dtype=bool, count=s.vocab_size) & ~s.special)
     text_bytes = [sb[i] for i in text_rows]
-    exact_col = np.fromiter(map(lookup.get, text_bytes, repeat(-1)), dtype=np.int64, count=len(text_rows))
+    exact_col = t.ids_of_bytes(text_bytes)
     is_exact = exact_col >= 0
 
     kinds = np.full(V_s, PADDING, dtype=np.uint8)
@@ -557,11 +552,11 @@ class Projection:
         kinds[s.vocab_size:] = PADDING
         kinds[: s.vocab_size][s.holes] = PADDING
         kinds[: s.vocab_size][s.special] = SPECIAL
+        # a single weight-1 column that the exact-match pass would pick (the teacher's bytes index)
         single = np.diff(matrix.indptr) == 1
-        top = np.where(single, matrix.indices[np.minimum(matrix.indptr[:-1], max(matrix.nnz - 1, 0))], -1)
-        for i in np.flatnonzero(single[: s.vocab_size] & (kinds[: s.vocab_size] == RETOKENIZED)).tolist():
-            if top[i] < t.vocab_size and s.token_bytes[i] == t.token_bytes[top[i]]:
-                kinds[i] = EXACT
+        top = np.where(single, matrix.indices[np.minimum(matrix.indptr[:-1], max(matrix.nnz - 1, 0))], -1)[: s.vocab_size]
+        exact_col = t.ids_of_bytes(b"" if b is None else b for b in s.token_bytes)
+        kinds[: s.vocab_size][single[: s.vocab_size] & (kinds[: s.vocab_size] == RETOKENIZED) & (top == exact_col)] = EXACT
         params = dict(max_pieces=idx.shape[1], top_k=idx.shape[1], base=0.9, decay=0.1, reverse_pass=False,
                       student_vocab_size=V_s, teacher_vocab_size=matrix.shape[1], imported_from="nemo-rl")
         n_pieces = np.where(kinds == EXACT, 1, np.diff(matrix.indptr)).astype(np.int16)

@@ -166,6 +166,28 @@ class Tok:
         """(V,) int64 length of every token's canonical bytes (0 for special tokens and holes)."""
         return np.fromiter((0 if b is None else len(b) for b in self.token_bytes), dtype=np.int64, count=self.vocab_size)
 
+    @cached_property
+    def bytes_index(self) -> dict:
+        """canonical bytes -> id over every non-special token, with W's tie rule (SPEC §2.1): several ids
+        with the same bytes (a piece and its `<0xNN>` byte-fallback twin) resolve to the regular piece,
+        then to the lowest id. The one index W's exact-match pass, NeMo imports and token search use."""
+        arr = np.empty(self.vocab_size, dtype=object)
+        arr[:] = self.token_bytes
+        has = np.not_equal(arr, None) & ~self.special
+        # dict(zip()) keeps the last value per key: feed fallback twins first and ids high to low
+        feed = np.concatenate([np.flatnonzero(has & self.byte_fallback_ids)[::-1],
+                               np.flatnonzero(has & ~self.byte_fallback_ids)[::-1]])
+        return dict(zip(arr[feed].tolist(), feed.tolist()))
+
+    def id_of_bytes(self, b: bytes) -> int | None:
+        """The id whose canonical bytes are `b` (see `bytes_index` for ties); None if no token has them."""
+        return self.bytes_index.get(bytes(b))
+
+    def ids_of_bytes(self, byte_strings) -> np.ndarray:
+        """(n,) int64 `id_of_bytes` of many byte strings at once, -1 where no token has them."""
+        get = self.bytes_index.get
+        return np.fromiter((get(b, -1) for b in byte_strings), dtype=np.int64)
+
     def token_text(self, token_id: int) -> str:
         """A printable form of the token: its bytes decoded with replacement, or its name if special."""
         b = self.token_bytes[token_id]

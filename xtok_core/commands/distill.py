@@ -15,7 +15,7 @@ def register(sub):
     p.add_argument("--teacher", action="append", dest="teachers", help="tiny:<tokenizer> or a local HF model directory (repeat for several)")
     p.add_argument("--alpha", action="append", type=float, dest="alphas", help="weight of each teacher's KD term (one per --teacher)")
     p.add_argument("--w", action="append", dest="projections", help="W file per teacher (xtok build-w); default: built from the tokenizers")
-    p.add_argument("--loss", default="pkl", choices=["pkl", "hkl", "gold", "uld", "ce", "auto"],
+    p.add_argument("--loss", default="pkl", choices=["pkl", "hkl", "gold", "gold-trl", "uld", "ce", "auto"],
                    help="KD loss; auto takes the coverage audit's recommendation (default pkl)")
     p.add_argument("--position", default="boundary", choices=["boundary", "chunk_mean", "chain"])
     p.add_argument("--temperature", type=float, default=1.0)

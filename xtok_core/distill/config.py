@@ -8,9 +8,9 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import XtokError
+from ..losses.names import LOSS_KINDS, POSITION_MODES as POSITIONS
 
-LOSSES = ("pkl", "hkl", "gold", "uld", "ce", "auto")
-POSITIONS = ("boundary", "chunk_mean", "chain")
+LOSSES = (*LOSS_KINDS, "ce", "auto")
 
 
 @dataclass

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import XtokError
+from ..losses import host_stats
 from .config import DistillConfig
 from .data import TextBatches, decode_samples, encode_padded, sample_continuations, split_prompt
 from .evaluate import arithmetic_accuracy
@@ -257,7 +258,7 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             row = {"step": step, "loss": float(loss.detach()), "lr": _lr_at(step, cfg), "grad_norm": float(grad_norm),
                    "tokens": n_tokens, "tokens_per_s": n_tokens / max(dt, 1e-9), "step_time": dt,
                    "wall_time": time.time(), "elapsed": time.time() - t_start, "on_policy": n_on_policy / len(texts),
-                   **stats}
+                   **host_stats(stats)}  # the losses keep tensors; one host sync here, where the row is logged
             if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and main:
                 with autocast:
                     ev = arithmetic_accuracy(student.model, student.tok, n=cfg.eval_size, device=device)

@@ -10,7 +10,7 @@ parameter of this module: give it its own optimizer group with `param_groups(lr_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -18,11 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import XtokError
-from .functional import HKL_THRESHOLD, UNCOMMON_TOPK, common_set_loss, kl_loss, pkl_rows, uld_loss
+from .functional import (
+    HKL_THRESHOLD, UNCOMMON_TOPK, common_set_loss, kl_loss, pkl_rows, restrict_to_teacher_topk, trl_gold_loss, uld_loss,
+)
+from .names import LOSS_KINDS
 from .positions import POSITION_MODES, aligned_rows, same_tokenizer_rows
 from .sparse_w import as_sparse_w
+from .teacher_dist import TeacherDistribution
 
-LOSS_KINDS = ("pkl", "hkl", "gold", "uld")
 LR_W = 1e-2  # X-Token paper: learning rate of the learned W values
 
 
@@ -32,9 +35,11 @@ class Teacher:
 
     W: its projection (`Projection`, torch sparse (V_s, V_t)), or None for a teacher with the student's
        own tokenizer (direct KL at every student position, no alignment).
-    alpha: weight α_m of its KD term.  loss: "pkl" | "hkl" | "gold" | "uld".
+    alpha: weight α_m of its KD term.
+    loss: "pkl" | "hkl" | "gold" (NeMo-RL's GOLD) | "gold-trl" (TRL's hybrid GOLD) | "uld" (`LOSS_KINDS`).
     learnable: train W's non-zero values (P-KL only; row softmax over the fixed non-zeros).
     name: key of its entries in the stats dict (default "teacher{m}").
+    topk: P-KL only, NeMo-RL's microbatch-global teacher top-k (`pkl_loss(teacher_topk=...)`); None: off.
     """
 
     W: Any = None
@@ -42,6 +47,7 @@ class Teacher:
     loss: str = "pkl"
     learnable: bool = False
     name: str | None = None
+    topk: int | None = None
 
 
 class LearnedW(nn.Module):
@@ -89,8 +95,13 @@ class DistillLoss(nn.Module):
             alignment: BatchAlignment or a list (None for a same-tokenizer teacher), *,
             input_ids (B, T_s) = alignment.student_ids, attention_mask (B, T_s) = alignment.student_mask,
             labels (B, T_s) optional, -100 ignored, unshifted as in Hugging Face)
-        -> (loss scalar, stats dict of floats: loss, ce, kd, lambda, and per teacher kd/<name>,
-            pairs/<name>, unreachable_mass/<name> for P-KL teachers)
+        -> (loss scalar, stats dict: loss, ce, kd, lambda, and per teacher kd/<name>, pairs/<name>,
+            unreachable_mass/<name> for P-KL teachers)
+    A teacher's logits may instead be a `TeacherDistribution` over (B, T_t): full logits or top-K ids +
+    log-probs + log tail mass (a teacher cache, `xtok_core.teacher_cache`); every loss reads both through the
+    same code (each loss's docstring says how the tail mass enters). Its temperature must be the loss's.
+    The stats are 0-dim tensors (detached; `pairs/<name>` a float): converting them every step would stall a
+    GPU, so convert when logging, e.g. with `host_stats(stats)`.
     """
 
     def __init__(self, teachers, *, temperature: float = 1.0, kd_weight: float | None = None,
@@ -105,8 +116,7 @@ class DistillLoss(nn.Module):
             raise XtokError("DistillLoss needs at least one teacher; pass Teacher(W=...) for each")
         if position not in POSITION_MODES:
             raise XtokError(f"unknown position mode {position!r}; use one of {', '.join(POSITION_MODES)}")
-        self.teachers = [Teacher(t.W, t.alpha, t.loss, t.learnable, t.name or f"teacher{m}")
-                         for m, t in enumerate(teachers)]
+        self.teachers = [replace(t, name=t.name or f"teacher{m}") for m, t in enumerate(teachers)]
         self.learned = nn.ModuleDict()
         for t in self.teachers:
             if t.loss not in LOSS_KINDS:
@@ -116,10 +126,13 @@ class DistillLoss(nn.Module):
                     raise XtokError(f"learnable W needs a P-KL teacher with a W ({t.name} has loss={t.loss!r}"
                                     f"{', no W' if t.W is None else ''}); set loss='pkl' or learnable=False")
                 self.learned[t.name] = LearnedW(t.W)
+            if t.topk is not None and (t.loss != "pkl" or t.W is None or t.learnable):
+                raise XtokError(f"topk={t.topk} for {t.name} is P-KL's teacher top-k with a fixed W; set loss='pkl' "
+                                "or topk=None")
         self.temperature, self.kd_weight, self.position = float(temperature), kd_weight, position
         self.ce_weight, self.chunk_size = float(ce_weight), chunk_size
         self.uncommon_topk, self.hkl_threshold = uncommon_topk, hkl_threshold
-        self.last_stats: dict[str, float] = {}
+        self.last_stats: dict[str, torch.Tensor | float] = {}
 
     def param_groups(self, lr_w: float = LR_W) -> list[dict]:
         """Optimizer groups for the learned W values (empty when no W is learned)."""
@@ -144,9 +157,14 @@ class DistillLoss(nn.Module):
             return kl_loss(rows.student, rows.teacher, reduce=False, **kw), None
         if teacher.loss == "pkl":
             values = self.learned[teacher.name].values() if teacher.learnable else None
-            return pkl_rows(rows.student, rows.teacher, teacher.W, values=values, **kw)
+            t_rows, W = rows.teacher, teacher.W
+            if teacher.topk is not None:
+                t_rows, W = restrict_to_teacher_topk(t_rows, W, teacher.topk)
+            return pkl_rows(rows.student, t_rows, W, values=values, **kw)
         if teacher.loss == "uld":
             return uld_loss(rows.student, rows.teacher, reduce=False, **kw), None
+        if teacher.loss == "gold-trl":
+            return trl_gold_loss(rows.student, rows.teacher, teacher.W, reduce=False, **kw), None
         rule = "top1" if teacher.loss == "hkl" else "exact"
         return common_set_loss(rows.student, rows.teacher, teacher.W, rule=rule, threshold=self.hkl_threshold,
                                uncommon_topk=self.uncommon_topk, reduce=False, **kw), None
@@ -169,9 +187,11 @@ class DistillLoss(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
 
-        stats: dict[str, float] = {}
+        stats: dict[str, torch.Tensor | float] = {}
         kd = student_logits.sum() * 0.0
         for teacher, z_t, al in zip(self.teachers, t_logits, aligns):
+            if isinstance(z_t, TeacherDistribution):
+                z_t.check_temperature(self.temperature)
             if teacher.W is None:
                 rows = same_tokenizer_rows(student_logits, z_t, attention_mask, self.temperature)
             else:
@@ -181,20 +201,30 @@ class DistillLoss(nn.Module):
             per_pair, lost = self.teacher_rows(teacher, rows)
             kd_m = (per_pair.mean() if per_pair.numel() else student_logits.sum() * 0.0) * self.temperature**2
             kd = kd + teacher.alpha * kd_m
-            stats[f"kd/{teacher.name}"] = float(kd_m.detach())
-            stats[f"pairs/{teacher.name}"] = float(per_pair.numel())
+            stats[f"kd/{teacher.name}"] = kd_m.detach()
+            stats[f"pairs/{teacher.name}"] = float(per_pair.numel())  # a shape, known on the host: no sync
             if lost is not None:
-                stats[f"unreachable_mass/{teacher.name}"] = float(lost.mean()) if lost.numel() else 0.0
+                stats[f"unreachable_mass/{teacher.name}"] = lost.mean() if lost.numel() else lost.new_zeros(())
 
         ce = self.ce(student_logits, input_ids, attention_mask, labels) * self.ce_weight if self.ce_weight else kd * 0.0
         if self.kd_weight is None:
             if self.ce_weight:
-                lam = (ce.detach() / kd.detach()) if float(kd.detach()) > 0 else torch.zeros_like(kd.detach())
+                k = kd.detach()
+                lam = torch.where(k > 0, ce.detach() / torch.where(k > 0, k, 1.0), 0.0)  # no host sync
             else:
                 lam = torch.ones_like(kd.detach())
         else:
             lam = torch.as_tensor(float(self.kd_weight), dtype=kd.dtype, device=kd.device)
         loss = ce + lam * kd
-        stats.update(loss=float(loss.detach()), ce=float(ce.detach()), kd=float(kd.detach()), **{"lambda": float(lam)})
+        stats.update(loss=loss.detach(), ce=ce.detach(), kd=kd.detach(), **{"lambda": lam.detach()})
         self.last_stats = stats
         return loss, stats
+
+
+def host_stats(stats: dict) -> dict[str, float]:
+    """The stats of `DistillLoss` as Python floats (one host sync for all): call it on logging steps."""
+    out = dict(stats)
+    keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
+    if keys:
+        out.update(zip(keys, torch.stack([stats[k].detach().double().reshape(()) for k in keys]).cpu().tolist()))
+    return {k: float(v) for k, v in out.items()}

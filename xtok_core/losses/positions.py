@@ -24,17 +24,18 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import XtokError
-
-POSITION_MODES = ("boundary", "chunk_mean", "chain")
+from .names import POSITION_MODES
+from .teacher_dist import TeacherDistribution
 
 
 @dataclass
 class AlignedRows:
-    """Rows to compare: `student (N, V_s)`, `teacher (N, V_t)`, optional log offsets `(N,)`, and the
-    temperature the loss still has to apply (τ for logits rows, 1 for `chunk_mean`'s log-prob rows)."""
+    """Rows to compare: `student (N, V_s)`, `teacher (N, V_t)` logits (or a `TeacherDistribution` of N rows
+    for a top-K teacher), optional log offsets `(N,)`, and the temperature the loss still has to apply (τ for
+    logits rows, 1 for `chunk_mean`'s log-prob rows)."""
 
     student: torch.Tensor
-    teacher: torch.Tensor
+    teacher: "torch.Tensor | TeacherDistribution"
     student_offset: torch.Tensor | None = None
     teacher_offset: torch.Tensor | None = None
     temperature: float = 1.0
@@ -66,16 +67,23 @@ def _predicting_positions(groups, mask, b, h, n_groups):
     return pb, pp, pair[pb, pp]
 
 
-def _chain_offset(logits, ids, groups, mask, b, h, s_pos, n_groups, temperature, n):
-    """Σ log p(actual next token) over the positions predicting h's later tokens: `(N,)`."""
+def _chain_offset(token_log_probs, ids, groups, mask, b, h, s_pos, n_groups, n):
+    """Σ log p(actual next token) over the positions predicting h's later tokens: `(N,)`.
+
+    token_log_probs(pb, pp, tok) -> (M,): the model's log-probability of `tok` at positions (pb, pp)."""
     pb, pp, pair = _predicting_positions(groups, mask, b, h, n_groups)
     later = pp != s_pos[pair]
     pb, pp, pair = pb[later], pp[later], pair[later]
-    z = logits[pb, pp].float() if logits.dtype != torch.float64 else logits[pb, pp]
-    z = z / temperature
-    tok = ids[pb, pp + 1]
-    lp = z.gather(1, tok[:, None])[:, 0] - torch.logsumexp(z, dim=-1)
+    lp = token_log_probs(pb, pp, ids[pb, pp + 1])
     return torch.zeros(n, dtype=lp.dtype, device=lp.device).index_add(0, pair, lp)
+
+
+def _logits_token_log_probs(logits, temperature):
+    def get(pb, pp, tok):
+        z = logits[pb, pp].float() if logits.dtype != torch.float64 else logits[pb, pp]
+        z = z / temperature
+        return z.gather(1, tok[:, None])[:, 0] - torch.logsumexp(z, dim=-1)
+    return get
 
 
 def _chunk_mean(logits, groups, mask, b, h, n_groups, temperature, n, block: int = 1024):
@@ -95,10 +103,11 @@ def _chunk_mean(logits, groups, mask, b, h, n_groups, temperature, n, block: int
 
 
 def check_alignment(al, student_logits, teacher_logits):
-    if al.student_mask.shape != student_logits.shape[:2] or al.teacher_mask.shape != teacher_logits.shape[:2]:
+    t_shape = tuple(TeacherDistribution.of(teacher_logits).shape[:2])
+    if tuple(al.student_mask.shape) != tuple(student_logits.shape[:2]) or tuple(al.teacher_mask.shape) != t_shape:
         raise XtokError(
             f"alignment is for student {tuple(al.student_mask.shape)} / teacher {tuple(al.teacher_mask.shape)} "
-            f"tokens but the logits are {tuple(student_logits.shape[:2])} / {tuple(teacher_logits.shape[:2])}; "
+            f"tokens but the logits are {tuple(student_logits.shape[:2])} / {t_shape}; "
             "build the alignment (align_batch) from the same batch with the same max_length")
 
 
@@ -112,30 +121,38 @@ def aligned_rows(student_logits, teacher_logits, al, *, position="boundary", tem
     if position not in POSITION_MODES:
         raise XtokError(f"unknown position mode {position!r}; use one of {', '.join(POSITION_MODES)}")
     check_alignment(al, student_logits, teacher_logits)
-    t_s, t_t = student_logits.shape[1], teacher_logits.shape[1]
+    td = TeacherDistribution.of(teacher_logits)
+    t_s, t_t = student_logits.shape[1], td.shape[1]
     b, s_pos, t_pos, h = _pairs(al, t_s, t_t)
     n, n_groups = len(b), al.group_mask.shape[1]
     if position == "chunk_mean":
+        if td.is_topk:
+            raise XtokError("position='chunk_mean' averages the teacher's full log-probabilities over each group, "
+                            "which a top-K teacher (cache) does not store; use position='boundary' or 'chain'")
         with torch.no_grad():
-            t_rows = _chunk_mean(teacher_logits, al.teacher_group, al.teacher_mask, b, h, n_groups, temperature, n)
+            t_rows = _chunk_mean(td.logits, al.teacher_group, al.teacher_mask, b, h, n_groups, temperature, n)
         s_rows = _chunk_mean(student_logits, al.student_group, al.student_mask, b, h, n_groups, temperature, n)
         return AlignedRows(s_rows, t_rows, temperature=1.0)
-    rows = AlignedRows(student_logits[b, s_pos], teacher_logits[b, t_pos], temperature=temperature)
+    rows = AlignedRows(student_logits[b, s_pos], td[b, t_pos] if td.is_topk else td.logits[b, t_pos],
+                       temperature=temperature)
     if position == "chain":
-        rows.student_offset = _chain_offset(student_logits, al.student_ids, al.student_group, al.student_mask,
-                                            b, h, s_pos, n_groups, temperature, n)
+        rows.student_offset = _chain_offset(_logits_token_log_probs(student_logits, temperature), al.student_ids,
+                                            al.student_group, al.student_mask, b, h, s_pos, n_groups, n)
         with torch.no_grad():
-            rows.teacher_offset = _chain_offset(teacher_logits, al.teacher_ids, al.teacher_group,
-                                                al.teacher_mask, b, h, t_pos, n_groups, temperature, n)
+            t_lp = (_logits_token_log_probs(td.logits, temperature) if not td.is_topk
+                    else lambda pb, pp, tok: td.token_log_probs(pb, pp, tok, temperature))
+            rows.teacher_offset = _chain_offset(t_lp, al.teacher_ids, al.teacher_group, al.teacher_mask,
+                                                b, h, t_pos, n_groups, n)
     return rows
 
 
 def same_tokenizer_rows(student_logits, teacher_logits, mask, temperature=1.0) -> AlignedRows:
     """Rows for a teacher sharing the student's tokenizer: every position p with p and p+1 in `mask`."""
-    if teacher_logits.shape != student_logits.shape:
+    td = TeacherDistribution.of(teacher_logits)
+    if (*td.shape, td.vocab_size) != tuple(student_logits.shape):
         raise XtokError(
             f"a same-tokenizer teacher must give logits shaped like the student's {tuple(student_logits.shape)}, "
-            f"got {tuple(teacher_logits.shape)}; give this teacher a W and an alignment instead")
+            f"got {(*td.shape, td.vocab_size)}; give this teacher a W and an alignment instead")
     keep = torch.zeros_like(mask, dtype=torch.bool)
     keep[:, :-1] = mask[:, :-1].bool() & mask[:, 1:].bool()
-    return AlignedRows(student_logits[keep], teacher_logits[keep], temperature=temperature)
+    return AlignedRows(student_logits[keep], td[keep] if td.is_topk else td.logits[keep], temperature=temperature)

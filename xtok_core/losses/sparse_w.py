@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from ..errors import XtokError
+from ..projection import EXACT as EXACT_KIND  # the W contract: row kind codes and the Projection type
+from ..projection import Projection
 
 # torch prints this once per process for every sparse CSR tensor; xtok builds them deliberately.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-
-EXACT_KIND = 0  # code of "exact" in Projection.kinds (docs/CONTRACTS.md)
 
 # torch warns that sparse CSR is beta and that invariant checks are off; our patterns come from a
 # validated CSR matrix, so both warnings are noise for users.
@@ -142,8 +142,8 @@ _CACHE: dict[tuple[int, str], SparseW] = {}
 def _csr_arrays(W) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int], np.ndarray | None]:
     """(indptr, indices, data, shape, kinds) of any accepted W form, on the CPU."""
     kinds = None
-    if hasattr(W, "matrix") and not isinstance(W, torch.Tensor):  # a Projection
-        kinds = np.asarray(W.kinds, dtype=np.uint8) if getattr(W, "kinds", None) is not None else None
+    if isinstance(W, Projection):
+        kinds = np.asarray(W.kinds, dtype=np.uint8) if W.kinds is not None else None
         W = W.matrix
     if isinstance(W, torch.Tensor):
         if W.layout == torch.sparse_coo:

@@ -1,0 +1,162 @@
+"""Teacher cache: built once, resumed after a kill -9, refused when it does not fit the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from xtok_core.errors import XtokError
+from xtok_core.teacher_cache import TeacherCache, build_teacher_cache, sha256_file
+
+TEXTS = [f"{i} plus {2 * i + 1} is {3 * i + 1}; the {i}th line of the cache test, café {i % 7}." for i in range(22)]
+TINY = dict(dim=32, layers=2)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    from xtok_core.models import load_model
+
+    return load_model("tiny:gpt2", tiny_dim=TINY["dim"], tiny_layers=TINY["layers"])
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("data") / "data.txt"
+    p.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def cache(teacher, data_file, tmp_path_factory):
+    return build_teacher_cache(teacher, data_file, tmp_path_factory.mktemp("c") / "cache", top_k=teacher.vocab_size,
+                               dtype="float32", shard_size=8, batch_size=3, max_length=24, show_progress=False)
+
+
+def test_cache_holds_the_teachers_ids_top_k_and_tail_per_teacher_token(teacher, data_file, tmp_path):
+    calls = []
+    c = build_teacher_cache(teacher, data_file, tmp_path / "c", top_k=5, temperature=2.0, dtype="float32",
+                            shard_size=8, batch_size=3, max_length=12, show_progress=False,
+                            progress=lambda f, m: calls.append((f, m)))
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert m["complete"] and [s["count"] for s in m["shards"]] == [8, 8, 6] and m["top_k"] == 5
+    assert m["data_sha256"] == sha256_file(data_file) and m["tokenizer_sha256"] == teacher.tok.sha256
+    assert calls[-1][0] == 1.0 and all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
+    text = TEXTS[9]
+    ex = c.example(text)
+    ids = teacher.tok.encode(text, add_special_tokens=True).ids[:12]
+    assert ex["ids"].tolist() == list(ids)
+    with torch.no_grad():
+        z = teacher.model(input_ids=torch.as_tensor(ids)[None]).logits[0].double() / 2.0
+    lp = torch.log_softmax(z, -1)
+    want, want_ids = lp.topk(5, -1)
+    assert torch.equal(ex["topk_ids"].long(), want_ids)
+    # fp32 log-softmax over V terms, stored in fp32: a few units of rounding of |log p| <= 20
+    assert torch.allclose(ex["topk_log_probs"].double(), want, atol=50 * 1.2e-7 * 20)
+    tail = torch.logsumexp(lp.scatter(-1, want_ids, -torch.inf), -1)
+    assert torch.allclose(ex["log_tail"].double(), tail, atol=50 * 1.2e-7 * 20)
+    nxt = lp[:-1].gather(-1, torch.as_tensor(ids[1:])[:, None])[:, 0]
+    assert torch.allclose(ex["next_log_prob"][:-1].double(), nxt, atol=50 * 1.2e-7 * 20)
+    # 6 K + 12 bytes per token at fp16 would be 42; this one is fp32 (8 K + 12 = 52) plus the headers
+    assert 52 <= c.bytes_per_token() < 52 + 200
+
+
+def test_distribution_from_the_cache_equals_the_online_teacher_at_k_equal_to_the_vocabulary(teacher, cache, tok):
+    from xtok_core import align_batch
+    from xtok_core.losses import pkl_loss, uld_loss
+    from xtok_core.losses.positions import aligned_rows
+    from xtok_core.projection import build_projection
+
+    texts = TEXTS[5:8]
+    al = align_batch(texts, tok("llama-3.2"), teacher.tok, add_special_tokens=True, max_length=20)
+    td = cache.distribution(texts, al.teacher_ids, al.teacher_mask)
+    with torch.no_grad():
+        zt = teacher.model(input_ids=al.teacher_ids, attention_mask=al.teacher_mask.long()).logits
+    g = torch.Generator().manual_seed(0)
+    v_s = tok("llama-3.2").vocab_size
+    zs = torch.randn(*al.student_mask.shape, v_s, generator=g)
+    online, cached = aligned_rows(zs, zt, al), aligned_rows(zs, td, al)
+    a = uld_loss(online.student, online.teacher)
+    b = uld_loss(cached.student, cached.teacher)
+    # the cache ran other batches (other padding): float32 noise in the teacher's probabilities only
+    assert float(b) == pytest.approx(float(a), abs=1e-5)
+    with pytest.raises(XtokError, match="other teacher tokens"):
+        cache.distribution(texts[::-1], al.teacher_ids, al.teacher_mask)
+
+
+def test_mismatched_cache_is_refused_with_one_line_each(cache, tok, tmp_path, data_file):
+    def one_line(fn, *words):
+        with pytest.raises(XtokError) as e:
+            fn()
+        msg = str(e.value)
+        assert "\n" not in msg and all(w in msg for w in words), msg
+
+    other = tmp_path / "other.txt"
+    other.write_text("another text\n")
+    one_line(lambda: cache.check(data_sha256=sha256_file(other)), "other data")
+    one_line(lambda: cache.check(tokenizer=tok("qwen2.5")), "tokenizer", "gpt2", "qwen2.5")
+    one_line(lambda: cache.check(temperature=2.0), "temperature 1", "2")
+    one_line(lambda: cache.check(max_length=64), "24 tokens", "64")
+    cache.check(tokenizer=tok("gpt2"), temperature=1.0, data_sha256=sha256_file(data_file), max_length=24)
+    one_line(lambda: cache.example("a text that was never cached"), "not in teacher cache")
+    # a truncated shard
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in cache.root.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    shard = copy / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    one_line(lambda: TeacherCache.open(copy), "shard-00001.safetensors", "truncated")
+    # an altered one (same size)
+    (copy / "shard-00001.safetensors").write_bytes((cache.root / "shard-00001.safetensors").read_bytes())
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 1
+    shard.write_bytes(bytes(raw))
+    one_line(lambda: TeacherCache.open(copy).example(TEXTS[9]), "shard-00001.safetensors", "altered")
+    one_line(lambda: TeacherCache.open(tmp_path), "not a teacher cache")
+
+
+def _xtok(*args, env):
+    return subprocess.run([sys.executable, "-m", "xtok_core", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_a_build_killed_with_sigkill_resumes_to_the_same_shards_as_an_uninterrupted_one(data_file, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    args = ["--teacher", "tiny:gpt2", "--data", str(data_file), "--top-k", "7", "--shard-size", "5",
+            "--batch-size", "2", "--max-length", "20", "--no-progress"]
+    whole = _xtok("teacher-cache", *args, "--out", str(tmp_path / "whole"), env=env)
+    assert whole.returncode == 0, whole.stderr
+    # the same build, killed by SIGKILL right after its second shard is in place
+    killed = tmp_path / "killed"
+    script = (
+        "import os, signal, sys; sys.argv = ['xtok'];"
+        "from xtok_core import teacher_cache as tc;"
+        f"tc.build_teacher_cache('tiny:gpt2', {str(data_file)!r}, {str(killed)!r}, top_k=7, shard_size=5, batch_size=2,"
+        " max_length=20, show_progress=False, after_shard=lambda i: os.kill(os.getpid(), signal.SIGKILL) if i == 1 else None)")
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == -9, run.stderr
+    manifest = json.loads((killed / "manifest.json").read_text())
+    assert not manifest["complete"] and [s["index"] for s in manifest["shards"]] == [0, 1]
+    with pytest.raises(XtokError, match="incomplete"):
+        TeacherCache.open(killed)
+    # what a kill in the middle of writing leaves: a temporary file and an unlisted partial shard
+    (killed / ".shard-00002.safetensors.tmp-dead").write_bytes(b"half a shard")
+    (killed / "shard-00003.safetensors").write_bytes(b"junk")
+    resumed = _xtok("teacher-cache", *args, "--out", str(killed), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (tmp_path / "whole", killed))
+    assert a["shards"] == b["shards"] and b["complete"] and len(b["shards"]) == 5
+    for s in a["shards"]:
+        assert (killed / s["file"]).read_bytes() == (tmp_path / "whole" / s["file"]).read_bytes()
+    assert not list(killed.glob(".shard-*"))
+    # a rerun with other arguments is refused, in one line
+    other = _xtok("teacher-cache", *args[:5], "8", *args[6:], "--out", str(killed), env=env)
+    assert other.returncode == 2 and "other top_k" in other.stderr and other.stderr.count("\n") == 1

@@ -1,0 +1,19 @@
+"""xtok inside other people's training loops.
+
+`xtok_core.integrations.hf`: `CrossTokenizerCollator` (raw text -> student ids, each teacher's own ids,
+alignment tensors) and `CrossTokenizerDistillTrainer` (a `transformers.Trainer` whose loss is
+`xtok_core.losses.DistillLoss`). Imported lazily so that `import xtok_core` never pulls transformers.
+"""
+
+_LAZY = {"CrossTokenizerCollator": "hf", "CrossTokenizerDistillTrainer": "hf", "distill_objective": "hf"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'xtok_core.integrations' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -24,6 +24,7 @@ pages = [
     st.Page("app_pages/projection.py", title="Projection", icon=":material/grid_on:", url_path="projection"),
     st.Page("app_pages/audit.py", title="Audit", icon=":material/fact_check:", url_path="audit"),
     st.Page("app_pages/alignment.py", title="Alignment", icon=":material/link:", url_path="alignment"),
+    st.Page("app_pages/distributions.py", title="Distributions", icon=":material/bar_chart:", url_path="distributions"),
     st.Page("app_pages/distill.py", title="Distill", icon=":material/show_chart:", url_path="distill"),
 ]
 page = st.navigation(pages)

@@ -29,7 +29,7 @@ report = base.with_threshold(threshold) if threshold != base.threshold else base
 
 rec, why = st.columns([1, 4])
 rec.metric("Recommended loss", report.recommendation)
-why.markdown(f"**Why.** {md_text(report.reason)}")
+why.markdown(f"**Why.** {report.reason}")
 if report.recommendation == "P-KL":
     why.caption("P-KL projects the student's whole distribution through W, so a numeral the teacher splits still "
                 "gets its teacher pieces' probability mass; H-KL would drop such rows from the common set.")
@@ -41,7 +41,7 @@ else:
 stem = f"audit_{student.name}_to_{teacher.name}".replace("/", "_")
 downloads = (("Markdown", report.to_markdown, "md", "text/markdown"), ("HTML", report.to_html, "html", "text/html"),
              ("JSON", report.to_json, "json", "application/json"))
-for col, (label, render, ext, mime) in zip(st.columns([1, 1, 1, 5]), downloads):
+for col, (label, render, ext, mime) in zip(st.columns([1.4, 1.1, 1.1, 4]), downloads):
     col.download_button(label, render, file_name=f"{stem}.{ext}", mime=mime, key=f"dl_{ext}", on_click="ignore",
                         icon=":material/download:")
 if report.corpus is not None:

@@ -38,13 +38,13 @@ def _escape(c: str) -> str:
     return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
 
 
-_MD_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
+_MD_SPECIAL = re.compile(r"([\\*_`$\[\]<>~|#{}])")
 
 
 def md_text(text: str) -> str:
-    """Text shown literally inside Markdown (st.warning, st.info, st.markdown): every ASCII
-    punctuation character is backslash-escaped (CommonMark), so `a*b*c` is not italics and `$1$`
-    not maths."""
+    """Text shown literally inside Markdown (st.warning, st.info, st.markdown) of one line: the
+    characters that format (emphasis, code, maths, links, HTML, tables, strike-through) are
+    backslash-escaped (CommonMark), so `a*b*c` is not italics and `$1$` not maths."""
     return _MD_SPECIAL.sub(r"\\\1", str(text))
 
 
@@ -124,14 +124,22 @@ def table_html(headers: list[str], rows: list[list], *, css_class: str = "", num
     return f'<table class="xtok-table {css_class}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def bipartite_figure(graph, student_group, teacher_group, student_name: str, teacher_name: str, *, limit: int = 160):
+def bipartite_figure(graph, student_group, teacher_group, student_name: str, teacher_name: str, *, limit: int = 160,
+                     groups: tuple[int, int] | None = None):
     """The alignment's overlap graph (`Alignment.to_networkx()`) as a plotly figure: student tokens on
     top, teacher tokens below, each at its span's middle byte so a group's tokens sit above each
-    other; nodes coloured by group. Only the first `limit` tokens of each side are drawn."""
+    other; nodes coloured by group. Only the first `limit` tokens of each side are drawn, or, with
+    `groups=(lo, hi)`, the tokens of groups lo..hi (a window of the text)."""
     import plotly.graph_objects as go
 
-    groups = {"student": student_group, "teacher": teacher_group}
-    nodes = {n: d for n, d in graph.nodes(data=True) if d["position"] < limit}
+    side_groups = {"student": student_group, "teacher": teacher_group}
+
+    def keep(d) -> bool:
+        if groups is None:
+            return d["position"] < limit
+        return groups[0] <= int(side_groups[d["side"]][d["position"]]) <= groups[1]
+
+    nodes = {n: d for n, d in graph.nodes(data=True) if keep(d)}
     pos = {n: ((d["start"] + d["end"]) / 2, 1.0 if d["side"] == "student" else 0.0) for n, d in nodes.items()}
     ex, ey = [], []
     for a, b in graph.edges():
@@ -141,7 +149,7 @@ def bipartite_figure(graph, student_group, teacher_group, student_name: str, tea
     fig = go.Figure(go.Scatter(x=ex, y=ey, mode="lines", line=dict(color="rgba(120,120,120,.55)", width=1), hoverinfo="skip"))
     for side, text_at in (("student", "top center"), ("teacher", "bottom center")):
         side_nodes = [d for d in nodes.values() if d["side"] == side]
-        group = [int(groups[side][d["position"]]) for d in side_nodes]
+        group = [int(side_groups[side][d["position"]]) for d in side_nodes]
         fig.add_trace(go.Scatter(
             x=[(d["start"] + d["end"]) / 2 for d in side_nodes], y=[pos[(side, d["position"])][1] for d in side_nodes],
             mode="markers+text", name=side, text=[d["text"] for d in side_nodes], textposition=text_at,

@@ -27,6 +27,11 @@ def _texts(tok) -> pd.Series:
     return pd.Series(np.array([b.decode("utf-8", "replace") if b else "" for b in tok.token_bytes], dtype=object))
 
 
+def token_texts(tok) -> pd.Series:
+    """Every token's text (bytes decoded, U+FFFD for partial characters), indexed by id."""
+    return _texts(tok)
+
+
 def parse_id(query: str) -> int | None:
     q = query.strip()
     if q.lower().startswith("id:") and q[3:].strip().isdigit():

@@ -40,20 +40,33 @@ def allow_local() -> bool:
 
 
 def named_models() -> list[str]:
-    """Named real models whose tokenizers load by name (empty when this xtok has none)."""
-    try:
-        from xtok_core import models as _models  # noqa: F401
+    """Named real models (`xtok models`): a link may name them as models (Distributions page)."""
+    from xtok_core.models import REGISTRY
 
-        names = getattr(_models, "named_models", None) or getattr(_models, "MODELS", None)
-        return sorted(names() if callable(names) else names or ())
-    except Exception:  # noqa: BLE001 - an xtok without named models
-        return []
+    return list(REGISTRY)
+
+
+def model_spec_ok(spec: str) -> bool:
+    """A model a link may name: a named real model or `tiny:<bundled tokenizer>` (never a path)."""
+    return spec in named_models() or (spec.startswith("tiny:") and spec[5:] in bundled_tokenizers())
 
 
 def _named(source: str) -> bool:
     from xtok_core.tok import ALIASES
 
     return source in bundled_tokenizers() or source.lower() in ALIASES or source in named_models()
+
+
+def converted_models() -> dict[str, str]:
+    """Named models already converted on this machine (`xtok models`): name -> their directory."""
+    from xtok_core.models import cached_models
+
+    return {m["name"]: m["cache_dir"] for m in cached_models() if m.get("name") in named_models()}
+
+
+def matrix_sources() -> list[str]:
+    """Every tokenizer the Vocabularies page compares: bundled ones, then converted named models."""
+    return bundled_tokenizers() + sorted(converted_models())
 
 
 def check_source(source: str, *, local_ok: bool = False) -> None:
@@ -70,8 +83,8 @@ def check_source(source: str, *, local_ok: bool = False) -> None:
                         "upload the tokenizer.json again on the Pair page")
     where = ("add it on the Pair page" if allow_local() else
              f"start the server with {ALLOW_LOCAL_ENV}=1 and add it on the Pair page")
-    raise XtokError(f"refused tokenizer {shown!r}: a link names only bundled tokenizers ({', '.join(bundled_tokenizers())}), "
-                    f"named models or uploads, never a local path or hub id; {where}")
+    raise XtokError(f"refused tokenizer {shown!r}: a link names only bundled tokenizers ({', '.join(bundled_tokenizers())}) "
+                    f"or uploads, never a local path or hub id; {where}")
 
 
 # ------------------------------------------------------------------ sources
@@ -88,6 +101,12 @@ def source_path(source: str) -> str:
             if re.fullmatch(r"[0-9a-f]{16}", key) and (d / name).is_file():
                 return str(d / name)
         raise XtokError(f"uploaded tokenizer {key} is not on this server any more; upload the tokenizer.json again on the Pair page")
+    if source in named_models() and source not in bundled_tokenizers():
+        d = converted_models().get(source)
+        if d is None:
+            raise XtokError(f"model {source!r} is not converted on this server yet; run `xtok models` "
+                            f"(or load it once with xtok_core.load_model) and reload")
+        return d
     return source
 
 
@@ -229,7 +248,7 @@ def sources() -> list[str]:
     for s in (st.session_state.get("student"), st.session_state.get("teacher")):
         if s and s not in bundled_tokenizers() and s not in extra:
             extra.append(s)
-    return bundled_tokenizers() + extra
+    return bundled_tokenizers() + [m for m in sorted(converted_models()) if m not in extra] + extra
 
 
 def add_source(source: str) -> None:

@@ -114,6 +114,39 @@ def test_collator_never_gives_a_teacher_an_id_outside_its_vocabulary(texts, max_
             assert row == teacher.encode(text, add_special_tokens=True).ids[: len(row)].tolist(), pair
 
 
+def test_chat_collator_trains_only_assistant_content_and_gives_each_teacher_its_own_template():
+    from xtok_core.chat import render_chat
+    from xtok_core.corpus import generate_chat
+
+    student, qwen = load_tokenizer("llama-3.2"), load_tokenizer("qwen2.5")
+    convs = generate_chat(3, seed=1)
+    batch = CrossTokenizerCollator(student, [qwen], max_length=512, chat=True)([{"messages": c} for c in convs])
+    t = batch["teacher_inputs"][0]
+    for b, msgs in enumerate(convs):
+        own_t, own_s = render_chat(msgs, qwen), render_chat(msgs, student)
+        assert t["input_ids"][b][t["attention_mask"][b].bool()].tolist() == list(own_t.ids)
+        assert batch["input_ids"][b][batch["attention_mask"][b].bool()].tolist() == list(own_s.ids)
+        trained = batch["labels"][b][batch["labels"][b] != -100].tolist()
+        text = student.decode(trained)
+        for m in msgs:  # every assistant content is trained, no user content is
+            assert (m["content"].strip() in text) == (m["role"] == "assistant"), (m["role"], text)
+    al = CrossTokenizerCollator.alignments(batch)[0]
+    assert al.group_mask.any()
+
+
+def test_trainer_steps_on_conversations(tmp_path):
+    from xtok_core.corpus import generate_chat
+
+    logs = _Logs()
+    rows = [{"messages": c} for c in generate_chat(4, seed=2)]
+    tr = CrossTokenizerDistillTrainer(model=build_tiny("tiny:llama-3.2", **TINY), teachers=[build_tiny("tiny:qwen2.5", **TINY)],
+                                      args=args(tmp_path, max_steps=2), train_dataset=rows, chat=True, max_length=256,
+                                      callbacks=[logs])
+    tr.train()
+    steps = [r for r in logs.logs if "ce" in r]
+    assert len(steps) == 2 and all(r["pairs/t0"] > 0 and math.isfinite(r["kd"]) for r in steps)
+
+
 def test_collator_names_the_row_without_text():
     col = CrossTokenizerCollator("llama-3.2", ["qwen2.5"], max_length=16)
     with pytest.raises(XtokError, match=r"example 1 has no 'text' string \(keys: \['prompt'\]\)"):
@@ -299,3 +332,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_bf16_mixed_precision_runs_student_and_teacher_under_autocast(tmp_path):
+    seen = {}
+    tr = trainer(tmp_path, bf16=True, max_steps=1)
+    hook = tr.teachers[0].model.lm_head.register_forward_hook(lambda m, i, o: seen.setdefault("teacher", o.dtype) and None)
+    tr.model.lm_head.register_forward_hook(lambda m, i, o: seen.setdefault("student", o.dtype) and None)
+    tr.train()
+    hook.remove()
+    assert seen == {"teacher": torch.bfloat16, "student": torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in tr.model.parameters())  # master weights stay fp32
+    (row,) = [r for r in tr.state.log_history if "ce" in r]
+    assert math.isfinite(row["loss"]) and row["pairs/t0"] > 0

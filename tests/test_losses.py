@@ -695,3 +695,39 @@ def test_small_k_from_the_real_smollm2_teacher_stays_within_the_tail_mass_bounds
     assert bool((diff <= w * 0.5 * ln2 * r + (1 - w) * r + slack).all())
     diff = rows_of("uld", zs, zt, W) - rows_of("uld", zs, td, W)
     assert bool((diff.abs() <= r + slack).all())
+
+
+@pytest.mark.parametrize("kind", ["pkl", "hkl", "gold", "gold-trl", "uld", "kl"])
+def test_small_k_teacher_gradients_match_finite_differences_and_the_naive_path(kind):
+    """K = 3 of 9: the tail terms' gradients (P-KL's written by hand) against gradcheck and autograd's naive path."""
+    g = torch.Generator().manual_seed(32)
+    v_s = V_T if kind == "kl" else V_S
+    W = identity_w(V_T).to(torch.float64) if kind == "kl" else tiny_w()
+    zs = (torch.randn(7, v_s, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    off = (-torch.rand(7, generator=g, dtype=torch.float64)).requires_grad_()
+    td = topk_teacher(torch.randn(7, V_T, generator=g, dtype=torch.float64) * 2, 3, 1.3)
+    assert float(td.log_tail.exp().min()) > 0.05
+    kw = dict(temperature=1.3, student_log_offset=off)
+    assert torch.autograd.gradcheck(lambda z, o: rows_of(kind, z, td, W, chunk_size=3, **{**kw, "student_log_offset": o}),
+                                    (zs, off), nondet_tol=NONDET, fast_mode=True)
+    fast = rows_of(kind, zs, td, W, chunk_size=3, **kw)
+    ref = rows_of(kind, zs, td, W, naive=True, **kw)
+    w = torch.rand(7, generator=g, dtype=torch.float64)
+    grads = [torch.autograd.grad(r @ w, (zs, off)) for r in (fast, ref)]
+    assert torch.allclose(fast, ref, rtol=0, atol=1e-12)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_learned_w_gradient_with_a_small_k_teacher_equals_naive():
+    g = torch.Generator().manual_seed(33)
+    sw = as_sparse_w(tiny_w(torch.float32))
+    values = (sw.values + 0.1 * torch.rand(11, generator=g)).requires_grad_()
+    zs = torch.randn(13, V_S, generator=g).requires_grad_()
+    td = topk_teacher(torch.randn(13, V_T, generator=g) * 2, 4)
+    grads = []
+    for kw in ({"chunk_size": 4}, {"naive": True}):
+        rows, _ = pkl_rows(zs, td, sw, values=values, **kw)
+        grads.append(torch.autograd.grad(rows.mean(), [zs, values]))
+    for a, b in zip(*grads):
+        assert float((a - b).abs().max()) < f32_tol(V_T * 4)  # fp32 sums over V_T teacher and 4 tail terms

@@ -160,3 +160,61 @@ def test_a_build_killed_with_sigkill_resumes_to_the_same_shards_as_an_uninterrup
     # a rerun with other arguments is refused, in one line
     other = _xtok("teacher-cache", *args[:5], "8", *args[6:], "--out", str(killed), env=env)
     assert other.returncode == 2 and "other top_k" in other.stderr and other.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------------ runs from the cache
+def _run_config(**kw):
+    from xtok_core.distill import DistillConfig
+
+    base = dict(student="tiny:gpt2", teachers=["tiny:bert-wordpiece"], loss="pkl", steps=3, batch_size=2, seq_len=24,
+                tiny_dim=32, tiny_layers=2, train_demo_teacher=False, eval_every=0, text_chars=60, corpus_lines=200,
+                checkpoint_every=10, seed=4)
+    return DistillConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def run_cache(tmp_path_factory):
+    """The run's own texts through its (random tiny) teacher, K = the teacher's whole vocabulary, fp32."""
+    from xtok_core.distill.data import TextBatches
+    from xtok_core.models import load_model
+
+    cfg = _run_config()
+    texts = [t for step in range(cfg.steps) for t in TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size,
+                                                                  cfg.seed)(step)]
+    teacher = load_model(cfg.teachers[0], tiny_dim=cfg.tiny_dim, tiny_layers=cfg.tiny_layers, seed=cfg.seed)
+    return build_teacher_cache(teacher, texts, tmp_path_factory.mktemp("run") / "cache", top_k=teacher.vocab_size,
+                               dtype="float32", max_length=cfg.seq_len, batch_size=4, show_progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss,position", [("pkl", "boundary"), ("gold", "chain")])
+def test_a_run_from_the_cache_equals_the_online_run_at_k_equal_to_the_vocabulary(run_cache, tmp_path, loss, position):
+    from xtok_core.distill import run_distillation
+
+    online = run_distillation(_run_config(loss=loss, position=position), tmp_path / "online", progress=False)
+    cached = run_distillation(_run_config(loss=loss, position=position, teacher_caches=[str(run_cache.root)]),
+                              tmp_path / "cached", progress=False)
+    assert len(online.metrics) == len(cached.metrics) == 3
+    for a, b in zip(online.metrics, cached.metrics):
+        # the cache ran the teacher on other batches (other padding): its fp32 logits differ by rounding, ~1e-6
+        # relative, and three AdamW steps (updates of size lr whatever the gradient's scale) keep that order
+        for key in ("loss", "ce", "kd", "kd/t0", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+        assert b["pairs/t0"] == a["pairs/t0"] > 0
+
+
+@pytest.mark.slow
+def test_a_run_from_the_cache_refuses_what_the_cache_cannot_give_with_one_line(run_cache, tmp_path):
+    from xtok_core.distill import run_distillation
+
+    cache = [str(run_cache.root)]
+    for kw, words in (({"temperature": 2.0}, ("temperature 1", "2")),
+                      ({"position": "chunk_mean"}, ("chunk_mean",)),
+                      ({"seq_len": 48}, ("24 tokens", "48")),
+                      ({"seed": 5}, ("not in teacher cache",))):  # other data: this seed's texts were never cached
+        with pytest.raises(XtokError) as e:
+            run_distillation(_run_config(teacher_caches=cache, **kw), tmp_path / f"r{len(kw)}{list(kw)[0]}", progress=False)
+        assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+    with pytest.raises(XtokError, match="on-policy") as e:
+        _run_config(teacher_caches=cache, on_policy_ratio=0.5)
+    assert "\n" not in str(e.value)

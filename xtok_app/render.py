@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-_VISIBLE = str.maketrans({" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"})
+from xtok_core.display import hex_bytes, token_label, visible  # noqa: F401 (the one glyph set)
+
 _GOLDEN = 0.6180339887498949
 
 
@@ -23,19 +24,8 @@ def esc(text: str) -> str:
 
 
 def visible_bytes(b: bytes | None, name: str = "") -> str:
-    """A token's bytes as readable text: spaces `·`, newlines `↵`, tabs `⇥`; bytes that are not
-    complete UTF-8 (a byte-level piece of a character) as `\\xNN`; a special token by its name."""
-    if b is None:
-        return name or "∅"
-    text = b.decode("utf-8", errors="backslashreplace").translate(_VISIBLE)
-    # Other control and zero-width characters would vanish on screen: a code point, written as Python
-    # writes it (`\\x0b`, `\\u200d`), so a joiner never reads as the byte `\\x20` followed by `0d`.
-    return "".join(c if c.isprintable() or c in "·↵⇥␍" else _escape(c) for c in text)
-
-
-def _escape(c: str) -> str:
-    o = ord(c)
-    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+    """A token's bytes as readable text (`xtok_core.display.visible`: one glyph set everywhere)."""
+    return visible(b, name)
 
 
 _MD_SPECIAL = re.compile(r"([\\*_`$\[\]<>~|#{}])")
@@ -46,16 +36,6 @@ def md_text(text: str) -> str:
     characters that format (emphasis, code, maths, links, HTML, tables, strike-through) are
     backslash-escaped (CommonMark), so `a*b*c` is not italics and `$1$` not maths."""
     return _MD_SPECIAL.sub(r"\\\1", str(text))
-
-
-def token_label(tok, token_id: int) -> str:
-    """What a token shows in the page (see `visible_bytes`)."""
-    b = tok.token_bytes[token_id] if 0 <= token_id < tok.vocab_size else None
-    return visible_bytes(b, tok.token_text(token_id) if b is None and 0 <= token_id < tok.vocab_size else "")
-
-
-def hex_bytes(b: bytes | None) -> str:
-    return "—" if b is None else " ".join(f"{x:02x}" for x in b)
 
 
 def colour(i: int, lightness: int = 85) -> str:

@@ -19,6 +19,10 @@ _LAZY = {
     "Alignment": ("align", "Alignment"),
     "load_model": ("models", "load_model"),
     "LoadedModel": ("models", "LoadedModel"),
+    "render_chat": ("chat", "render_chat"),
+    "align_chat": ("chat", "align_chat"),
+    "align_chat_batch": ("chat", "align_chat_batch"),
+    "ChatEncoding": ("chat", "ChatEncoding"),
 }
 
 

@@ -156,6 +156,127 @@ def sample_texts() -> list[str]:
     return [t for t in sample_corpus().split("\n\n") if t.strip()]
 
 
+# ----------------------------------------------------------------------------- the chat set
+# Short conversations for chat distillation (`xtok distill --data chat`): questions about arithmetic,
+# prices, dates and a little code, answered the way an instruct model should. Every conversation is
+# keyed by its first question; `_chat_held_out(key)` sends about one key in ten (and every held-out
+# addition of `_held_out`) to the "eval" split, so the two splits never share a question.
+CHAT_TRAIN, CHAT_EVAL = 3000, 200
+CHAT_SPLITS = ("train", "eval")
+_SYSTEMS = ["You are a careful assistant. Answer briefly and show the arithmetic.",
+            "You are a helpful assistant for shop and calendar questions.",
+            "Answer in one short sentence."]
+_WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+def _chat_held_out(key: str) -> bool:
+    import zlib
+
+    return zlib.crc32(key.encode("utf-8")) % 10 == 0
+
+
+def _chat_arithmetic(rng: random.Random):
+    op = rng.choice("++-*")
+    a, b = (_number(rng, 1, 3), _number(rng, 1, 2)) if op == "*" else (_number(rng, 1, 4), _number(rng, 1, 4))
+    if op == "-" and b > a:
+        a, b = b, a
+    value = a + b if op == "+" else a - b if op == "-" else a * b
+    ask = rng.choice(["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "How much is {a} {op} {b}?"])
+    turns = [ask.format(a=a, op="x" if op == "*" and rng.random() < 0.3 else op, b=b), f"{a} {op} {b} = {value}."]
+    if rng.random() < 0.25:
+        c = _number(rng, 1, 3)
+        turns += [f"And if you add {c}?", f"{value} + {c} = {value + c}."]
+    return turns, (op == "+" and _held_out(a, b))
+
+
+def _cents(c: int) -> str:
+    return f"${c // 100:,d}.{c % 100:02d}"
+
+
+def _chat_price(rng: random.Random):
+    # integer cents throughout: every answer is exact
+    item, q, unit = rng.choice(_ITEMS), rng.randint(2, 12), rng.randint(100, 99_999)
+    form = rng.randrange(3)
+    if form == 0:
+        return [f"One {item} costs {_cents(unit)}. How much do {q} cost?", f"{q} x {_cents(unit)} = {_cents(q * unit)}."], False
+    if form == 1:
+        pct = rng.choice([5, 10, 15, 20, 25, 30, 50])
+        off = (unit * pct + 50) // 100
+        return [f"The {item} is {_cents(unit)} with {pct}% off. What do I pay?",
+                f"{pct}% of {_cents(unit)} is {_cents(off)}, so you pay {_cents(unit - off)}."], False
+    ship = rng.randint(0, 2_500)
+    return [f"I bought a {item} for {_cents(unit)} and paid {_cents(ship)} shipping. What was the total?",
+            f"{_cents(unit)} + {_cents(ship)} = {_cents(unit + ship)}."], False
+
+
+def _chat_date(rng: random.Random):
+    import datetime as dt
+
+    day = dt.date(rng.randint(1990, 2035), rng.randint(1, 12), rng.randint(1, 28))
+    form = rng.randrange(3)
+    if form == 0:
+        n = rng.randint(1, 90)
+        return [f"What date is {n} days after {day.isoformat()}?", f"{(day + dt.timedelta(days=n)).isoformat()}."], False
+    if form == 1:
+        return [f"What day of the week was {day.isoformat()}?", f"{day.isoformat()} was a {_WEEKDAYS[day.weekday()]}."], False
+    hh, mm, dur = rng.randint(0, 20), rng.choice([0, 15, 30, 45]), rng.choice([30, 45, 60, 90, 120, 150])
+    end = dt.datetime(2000, 1, 1, hh, mm) + dt.timedelta(minutes=dur)
+    return [f"{rng.choice(_EVENTS).capitalize()} starts at {hh:02d}:{mm:02d} and lasts {dur} minutes. When does it end?",
+            f"It ends at {end.hour:02d}:{end.minute:02d}."], False
+
+
+def _chat_code(rng: random.Random):
+    k, n = rng.randint(2, 9), rng.randint(3, 30)
+    form = rng.randrange(3)
+    if form == 0:
+        return [f"Write a Python function that sums the multiples of {k} in a list.",
+                f"def sum_multiples(xs):\n    return sum(x for x in xs if x % {k} == 0)"], False
+    if form == 1:
+        return [f"What does `print(sum(range({n})))` print?", f"It prints {n * (n - 1) // 2}."], False
+    return [f"Write a loop that prints the first {n} squares.", f"for i in range({n}):\n    print(i * i)"], False
+
+
+_CHAT_KINDS = [(_chat_arithmetic, 0.45), (_chat_price, 0.2), (_chat_date, 0.2), (_chat_code, 0.15)]
+
+
+def generate_chat(n: int, seed: int = 0, split: str = "train") -> list[list[dict]]:
+    """`n` conversations (lists of {"role", "content"} messages) of `split` ("train" or "eval"),
+    deterministic for `seed`; a question of one split never appears in the other. About a third start
+    with a system message and a quarter of the arithmetic ones have a follow-up turn."""
+    if split not in CHAT_SPLITS:
+        raise ValueError(f"unknown chat split {split!r}; use one of {CHAT_SPLITS}")
+    rng = random.Random(f"xtok-chat-{seed}")
+    makers, weights = zip(*_CHAT_KINDS)
+    out, seen = [], set()
+    while len(out) < n:
+        turns, held = rng.choices(makers, weights)[0](rng)
+        system = rng.choice(_SYSTEMS) if rng.random() < 0.3 else None
+        key = turns[0]
+        if ((held or _chat_held_out(key)) != (split == "eval")) or key in seen:
+            continue
+        seen.add(key)
+        msgs = [{"role": "system", "content": system}] if system else []
+        msgs += [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+        out.append(msgs)
+    return out
+
+
+def chat_set(split: str = "train", seed: int = 0) -> list[list[dict]]:
+    """The bundled chat set: `CHAT_TRAIN` training or `CHAT_EVAL` held-out conversations."""
+    return generate_chat(CHAT_TRAIN if split == "train" else CHAT_EVAL, seed, split)
+
+
+def write_chat_jsonl(path: Path, split: str = "train", seed: int = 0, n: int | None = None) -> Path:
+    """The chat set as JSON lines, one {"messages": [...]} object per conversation (`--data` reads it)."""
+    import json
+
+    convs = generate_chat(n, seed, split) if n is not None else chat_set(split, seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in convs), encoding="utf-8")
+    return path
+
+
 def write_sample(path: Path = SAMPLE_PATH, n_lines: int = SAMPLE_LINES, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n\n".join(generate_corpus(n_lines, seed)) + "\n", encoding="utf-8")
@@ -163,5 +284,8 @@ def write_sample(path: Path = SAMPLE_PATH, n_lines: int = SAMPLE_LINES, seed: in
 
 
 if __name__ == "__main__":
-    p = write_sample(Path(sys.argv[1]) if len(sys.argv) > 1 else SAMPLE_PATH)
+    if len(sys.argv) > 1 and sys.argv[1] == "chat":  # python -m xtok_core.corpus chat OUT.jsonl [train|eval]
+        p = write_chat_jsonl(Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "train")
+    else:
+        p = write_sample(Path(sys.argv[1]) if len(sys.argv) > 1 else SAMPLE_PATH)
     print(f"wrote {p} ({p.stat().st_size:,d} bytes)")

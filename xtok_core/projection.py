@@ -91,7 +91,7 @@ def _encode_bytes(teacher: Tok, byte_rows: list, byte_token: np.ndarray, unk: in
     out: list = [None] * n
     for a in range(0, n, _CHUNK):
         chunk = texts[a:a + _CHUNK]
-        out[a:a + _CHUNK] = teacher.encode_ids_batch(chunk, dummy_prefix=False)
+        out[a:a + _CHUNK] = teacher.retokenize_batch(chunk)
         if progress:
             progress(p0 + (p1 - p0) * min(a + _CHUNK, n) / max(n, 1), f"re-tokenizing {n:,} student tokens with the teacher")
     unmapped = np.zeros(n, dtype=bool)
@@ -99,11 +99,11 @@ def _encode_bytes(teacher: Tok, byte_rows: list, byte_token: np.ndarray, unk: in
         ids, b = [], byte_rows[j]
         while b:
             try:
-                ids += teacher.encode_ids_batch([b.decode("utf-8")], dummy_prefix=False)[0]
+                ids += teacher.retokenize_batch([b.decode("utf-8")])[0]
                 break
             except UnicodeDecodeError as e:
                 if e.start:
-                    ids += teacher.encode_ids_batch([b[:e.start].decode("utf-8")], dummy_prefix=False)[0]
+                    ids += teacher.retokenize_batch([b[:e.start].decode("utf-8")])[0]
                 for x in b[e.start:e.end]:
                     ids.append(int(byte_token[x]) if byte_token[x] >= 0 else unk)
                     unmapped[j] |= byte_token[x] < 0
@@ -119,6 +119,11 @@ def _weigh(p: _Pieces, max_pieces: int, base: float, decay: float):
     """Keep the first max_pieces pieces of each row, weight them base*decay**i (float64)."""
     keep = p.pos < max_pieces
     return p.rows[keep], p.cols[keep], base * decay ** p.pos[keep].astype(np.float64)
+
+
+def _per_token(owner: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weights normalised to sum to 1 over each owner token's pieces."""
+    return w / np.bincount(owner, weights=w)[owner]
 
 
 def _assemble(rows, cols, vals, n_rows: int, n_cols: int, top_k: int, normalise: bool = True) -> sp.csr_array:
@@ -206,6 +211,7 @@ def build_projection(student, teacher, *, max_pieces: int = 4, top_k: int = 4, b
     id_lists, unmapped = _encode_bytes(t, rt_bytes, byte_token, unk, progress, 0.15, 0.75)
     pieces = _flatten(rt_rows, id_lists)
     r, c, v = _weigh(pieces, max_pieces, base, decay)
+    forward_at = len(vals_l)
     rows_l.append(r); cols_l.append(c); vals_l.append(v)
     n_pieces[rt_rows] = np.minimum(pieces.counts, np.iinfo(np.int16).max)
     kinds[rt_rows] = np.where(unmapped, UNMAPPED, np.where(pieces.counts > max_pieces, TRUNCATED, RETOKENIZED))
@@ -215,11 +221,15 @@ def build_projection(student, teacher, *, max_pieces: int = 4, top_k: int = 4, b
         rows_l.append(rt_rows[empty]); cols_l.append(np.full(int(empty.sum()), unk)); vals_l.append(np.ones(int(empty.sum())))
 
     if reverse_pass:
+        # NeMo-RL's bidirectional build: each token's piece weights are normalised to 1 per token
+        # (its create_weight_distribution) before they are added up, in both directions.
         say(0.78, "reverse pass: re-tokenizing teacher tokens with the student")
+        vals_l[forward_at] = _per_token(r, v)
         t_rows = np.flatnonzero(has)
-        s_lists = s.encode_ids_batch([tb[i].decode("utf-8", errors="replace") for i in t_rows], dummy_prefix=False)
+        s_lists = s.retokenize_batch([tb[i].decode("utf-8", errors="replace") for i in t_rows])
         rp = _flatten(t_rows, s_lists)  # here rows are teacher ids and cols student ids
         tr, sc, w = _weigh(rp, max_pieces, base, decay)
+        w = _per_token(tr, w)
         target = np.isin(sc, rt_rows)  # exact rows are done; special/padding rows are by role
         rows_l.append(sc[target]); cols_l.append(tr[target]); vals_l.append(w[target])
 
@@ -393,7 +403,7 @@ class Projection:
             n = int(self.n_pieces[s])
             if tt is not None and sbytes is not None:
                 try:
-                    ids = tt.encode_ids_batch([sbytes.decode("utf-8")], dummy_prefix=False)[0]
+                    ids = tt.retokenize_batch([sbytes.decode("utf-8")])[0]
                     sequence = [Piece(int(i), name(i), tbytes(i), float(p["base"] * p["decay"] ** k) if k < p["max_pieces"] else 0.0)
                                 for k, i in enumerate(ids)]
                 except UnicodeDecodeError:

@@ -15,184 +15,16 @@ for the run directory the explorer reads, on-policy sampling and the bundled cor
 from __future__ import annotations
 
 import warnings
-from dataclasses import fields
 
 import torch
 
-from ..align import BatchAlignment, align_batch
-from ..distill.data import encode_padded
 from ..errors import XtokError
 from ..losses import DistillLoss, Teacher
 from ..losses.names import LOSS_KINDS
 from ..models import LoadedModel
-from ..tok import Tok, load_tokenizer
+from .collator import CrossTokenizerCollator, as_loaded, common_student_prefix, shares_tokenizer  # noqa: F401
 
 LOSSES = (*LOSS_KINDS, "auto")
-_ALIGNMENT_FIELDS = tuple(f.name for f in fields(BatchAlignment))
-
-
-# ------------------------------------------------------------------------ models and tokenizers
-def _tok_of(x) -> Tok:
-    """The xtok tokenizer of a LoadedModel (anything with `.tok`), or of a bundled name / path / Tok."""
-    return x.tok if hasattr(x, "tok") else load_tokenizer(x)
-
-
-def _width_of(x) -> int | None:
-    """Logit width of a LoadedModel; None for a bare tokenizer (the tokenizer's size is checked then)."""
-    return int(x.vocab_size) if hasattr(x, "tok") and hasattr(x, "vocab_size") else None
-
-
-def shares_tokenizer(student, teacher) -> bool:
-    """Same tokenizer file and (when known) the same logit width: KL at every position, no W, no alignment."""
-    ws, wt = _width_of(student), _width_of(teacher)
-    return _tok_of(student).sha256 == _tok_of(teacher).sha256 and (ws is None or wt is None or ws == wt)
-
-
-def as_loaded(model, tokenizer=None, *, what: str = "model") -> LoadedModel:
-    """A LoadedModel from a LoadedModel, a (model, tokenizer) pair, or a model plus `tokenizer`."""
-    if hasattr(model, "model") and hasattr(model, "tok"):
-        return model
-    if isinstance(model, (tuple, list)) and len(model) == 2:
-        model, tokenizer = model
-    if not isinstance(model, torch.nn.Module):
-        raise XtokError(f"{what} must be a LoadedModel (xtok_core.load_model) or a (model, tokenizer) pair, "
-                        f"got {type(model).__name__}; load it with xtok_core.load_model(spec)")
-    if tokenizer is None:
-        raise XtokError(f"{what} {type(model).__name__} has no xtok tokenizer; pass a LoadedModel or "
-                        "(model, tokenizer) with the tokenizer's bundled name or directory")
-    return LoadedModel(getattr(getattr(model, "config", None), "name_or_path", "") or what, model,
-                       load_tokenizer(tokenizer))
-
-
-# ------------------------------------------------------------------------ the collator
-class CrossTokenizerCollator:
-    """Raw examples -> one training batch for a student and its teachers (no Python loop over tokens).
-
-    Args:
-        student: LoadedModel, or its tokenizer (bundled name, directory, `Tok`).
-        teachers: one or a list of the same.
-        max_length: token cap per example on every side; each example keeps the longest run of whole
-            aligned groups that fits on all sides, so every model sees the same text prefix.
-        chat: examples carry `messages` (rendered by each model's own chat template; needs
-            `xtok_core.chat`) instead of `text`.
-
-    `collator(examples)` with examples `{"text": str, ...}` (or plain str) returns
-        input_ids (B, T_s) long, attention_mask (B, T_s) long, labels (B, T_s) long (-100 on padding),
-        teacher_inputs: one dict per teacher: input_ids (B, T_t) long — the teacher's own tokenization
-            of the text, never student ids — attention_mask (B, T_t) long, and alignment: the
-            `BatchAlignment` fields as a dict of tensors (None for a teacher sharing the student's
-            tokenizer, which reads the student's ids).
-    Nested dicts and lists of tensors are what Trainer/accelerate move to the device on their own.
-    """
-
-    def __init__(self, student, teachers, *, max_length: int, chat: bool = False):
-        teachers = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
-        if not teachers:
-            raise XtokError("CrossTokenizerCollator needs at least one teacher; pass teachers=[...]")
-        if max_length is None or int(max_length) < 2:
-            raise XtokError(f"max_length must be at least 2 tokens, got {max_length}; pass e.g. max_length=512")
-        self.student = _tok_of(student)
-        self.teachers = [_tok_of(t) for t in teachers]
-        self.student_width = _width_of(student)
-        self.teacher_widths = [_width_of(t) or tk.vocab_size for t, tk in zip(teachers, self.teachers)]
-        self.direct = [shares_tokenizer(student, t) for t in teachers]
-        self.max_length, self.chat = int(max_length), bool(chat)
-        if self.chat:
-            raise XtokError("chat=True needs xtok_core.chat, which this install does not have; pass examples "
-                            "with a rendered 'text' and chat=False")
-
-    def __call__(self, examples) -> dict:
-        return self.encode(self.texts(examples))
-
-    @staticmethod
-    def texts(examples) -> list[str]:
-        out = []
-        for i, ex in enumerate(examples):  # one lookup per example
-            text = ex if isinstance(ex, str) else ex.get("text") if hasattr(ex, "get") else None
-            if not isinstance(text, str):
-                keys = sorted(ex) if hasattr(ex, "keys") else type(ex).__name__
-                raise XtokError(f"example {i} has no 'text' string (keys: {keys}); give every row a 'text' field "
-                                "(or 'messages' with chat=True)")
-            out.append(text)
-        if not out:
-            raise XtokError("empty batch; the dataset yielded no examples")
-        return out
-
-    def encode(self, texts: list[str], *, ce_rows: torch.Tensor | None = None) -> dict:
-        """The batch for `texts`; `ce_rows (B,) bool` excludes rows from CE (labels -100), e.g. the
-        student's own on-policy samples, which are KD-only."""
-        views = [None if d else align_batch(texts, self.student, t, add_special_tokens=True, max_length=self.max_length)
-                 for t, d in zip(self.teachers, self.direct)]
-        views = common_student_prefix(views)
-        first = next((v for v in views if v is not None), None)
-        if first is not None:
-            ids, mask = first.student_ids, first.student_mask
-        else:
-            ids, mask = encode_padded(self.student, texts, self.max_length)
-        keep = mask if ce_rows is None else mask & ce_rows.to(mask.device).bool()[:, None]
-        batch = {"input_ids": ids, "attention_mask": mask.long(), "labels": ids.masked_fill(~keep, -100),
-                 "teacher_inputs": []}
-        for m, v in enumerate(views):
-            if v is None:
-                batch["teacher_inputs"].append({"input_ids": ids, "attention_mask": mask.long(), "alignment": None})
-                continue
-            self._check_ids(m, v.teacher_ids[v.teacher_mask])
-            batch["teacher_inputs"].append({"input_ids": v.teacher_ids, "attention_mask": v.teacher_mask.long(),
-                                            "alignment": {k: getattr(v, k) for k in _ALIGNMENT_FIELDS}})
-        if self.student_width is not None and ids.numel() and int(ids.max()) >= self.student_width:
-            raise XtokError(f"the student tokenizer {self.student.name} produced id {int(ids.max())} but the student "
-                            f"has {self.student_width:,} logits; resize its embeddings or use the model's own tokenizer")
-        return batch
-
-    def _check_ids(self, m: int, ids: torch.Tensor) -> None:
-        if ids.numel() and (int(ids.max()) >= self.teacher_widths[m] or int(ids.min()) < 0):
-            raise XtokError(f"teacher {m} ({self.teachers[m].name}) got id {int(ids.max())} outside its "
-                            f"{self.teacher_widths[m]:,} logits; give the teacher the tokenizer it was trained with")
-
-    @staticmethod
-    def alignments(batch: dict) -> list[BatchAlignment | None]:
-        """The `BatchAlignment` per teacher from a (device-moved) batch, for `DistillLoss`."""
-        return [None if t["alignment"] is None else BatchAlignment(**t["alignment"]) for t in batch["teacher_inputs"]]
-
-
-def common_student_prefix(views: list) -> list:
-    """Cut every cross-tokenizer view to the student prefix all of them kept (vectorised).
-
-    With several teachers, `align_batch` truncates each pair at its own group boundaries, so the views
-    may keep different numbers of student tokens. Every view keeps the shortest one; its groups from
-    the first one reaching past that cut are dropped (no pair, no teacher tokens), so one student batch
-    serves all teachers. One teacher: unchanged.
-    """
-    cross = [v for v in views if v is not None]
-    if len(cross) < 2:
-        return views
-    lengths = torch.stack([v.student_mask.sum(1) for v in cross]).min(0).values          # (B,)
-    if all(torch.equal(v.student_mask.sum(1), lengths) for v in cross):
-        return views
-    out = []
-    for v in views:
-        if v is None:
-            out.append(None)
-            continue
-        cut = lengths[:, None]
-        dropped = (v.s_end >= cut).long().cummax(1).values.bool()                         # (B, G)
-
-        def tokens_of_dropped(group):
-            return (group >= 0) & dropped.gather(1, group.clamp(min=0))
-
-        s_pos = torch.arange(v.student_mask.shape[1])[None, :]
-        s_mask = v.student_mask & (s_pos < cut)
-        s_group = v.student_group.masked_fill(tokens_of_dropped(v.student_group) | ~s_mask, -1)
-        t_drop = tokens_of_dropped(v.teacher_group)
-        t_mask = v.teacher_mask & ~t_drop
-        t_len, s_len = max(1, int(t_mask.sum(1).max())), max(1, int(lengths.max()))
-        grid = {k: getattr(v, k).masked_fill(dropped, -1) for k in ("s_start", "s_end", "t_start", "t_end", "group_kind")}
-        out.append(BatchAlignment(
-            student_ids=v.student_ids.masked_fill(~s_mask, 0)[:, :s_len], student_mask=s_mask[:, :s_len], student_group=s_group[:, :s_len],
-            teacher_ids=v.teacher_ids.masked_fill(t_drop, 0)[:, :t_len], teacher_mask=t_mask[:, :t_len],
-            teacher_group=v.teacher_group.masked_fill(t_drop, -1)[:, :t_len],
-            group_mask=v.group_mask & ~dropped, **grid))
-    return out
 
 
 # ------------------------------------------------------------------------ the loss
@@ -272,7 +104,8 @@ class CrossTokenizerDistillTrainer(_trainer_base()):
         projections: per teacher a `Projection`, a W file, or None (built from both tokenizers).
         loss: pkl | hkl | gold | gold-trl | uld | auto (the coverage audit per teacher), or one per teacher.
         alphas, temperature, kd_weight (None: dynamic λ = sg(CE)/sg(KD)), position: as `DistillLoss`.
-        max_length: token cap per example of the default collator.
+        max_length, chat: the default collator's token cap per example, and whether rows are `messages`
+            (each model's own chat template; CE and KD on the assistant's content only) rather than `text`.
 
     The raw-text collator needs the `text` column, so `args.remove_unused_columns` is set to False.
     `compute_loss` returns the micro-batch mean (CE and KD are means over tokens / aligned pairs), and the
@@ -285,13 +118,13 @@ class CrossTokenizerDistillTrainer(_trainer_base()):
 
     def __init__(self, model=None, args=None, *, teachers, student_tokenizer=None, projections=None,
                  loss: "str | list" = "pkl", alphas=None, temperature: float = 1.0, kd_weight: float | None = None,
-                 position: str = "boundary", max_length: int = 512, teacher_device=None, data_collator=None,
-                 **kwargs):
+                 position: str = "boundary", max_length: int = 512, chat: bool = False, teacher_device=None,
+                 data_collator=None, **kwargs):
         student = as_loaded(model, student_tokenizer, what="student")
         teachers = [as_loaded(t, what=f"teacher {m}")
                     for m, t in enumerate(teachers if isinstance(teachers, (list, tuple)) else [teachers])]
         if data_collator is None:
-            data_collator = CrossTokenizerCollator(student, teachers, max_length=max_length)
+            data_collator = CrossTokenizerCollator(student, teachers, max_length=max_length, chat=chat)
         super().__init__(model=student.model, args=args, data_collator=data_collator, **kwargs)
         self.args.remove_unused_columns = False  # the collator reads `text`, which no model forward takes
         self.model_accepts_loss_kwargs = False   # the loss is ours: no label counting for the model's loss

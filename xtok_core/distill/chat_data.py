@@ -1,0 +1,134 @@
+"""Conversations for a run: `--data chat.jsonl` (rows with `messages`) or `--data chat` (the bundled set).
+
+Each step's batch is a pure function of (step, rank), as for text (`data.TextBatches`). A step renders
+the conversations with every model's own chat template (`xtok_core.chat`); the student and every teacher
+see the same messages, cut from the start (whole messages) so that every rendering fits `--seq-len`.
+CE and KD cover the assistant's content and its end-of-turn token (`--loss-on assistant`) or the whole
+rendering (`--loss-on all`). On-policy rows: the student writes the last assistant turn from its own
+rendering; the text, not its ids, goes back into the conversation, which each teacher renders itself.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from ..chat import align_chat_batch, chat_template_of, check_messages, check_trainable, fit_conversations
+from ..errors import XtokError
+
+BUNDLED = ("chat", "chat:train", "chat:eval")
+
+
+def is_chat_data(spec) -> bool:
+    """True for the bundled chat set and for .jsonl files whose first row has `messages`."""
+    if spec is None:
+        return False
+    if str(spec) in BUNDLED:
+        return True
+    p = Path(str(spec)).expanduser()
+    if p.suffix != ".jsonl" or not p.is_file():
+        return False
+    with open(p, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    return False
+                return isinstance(row, dict) and "messages" in row
+    return False
+
+
+def read_chat_data(spec, seed: int = 0) -> tuple[list, list]:
+    """(conversations, names): every row checked (one line naming the row for a bad one)."""
+    if str(spec) in BUNDLED:
+        from ..corpus import chat_set
+
+        split = "eval" if str(spec) == "chat:eval" else "train"
+        convs = chat_set(split, seed)
+        return convs, [f"chat set ({split}) conversation {i}" for i in range(len(convs))]
+    p = Path(str(spec)).expanduser()
+    convs, names = [], []
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):  # rows are numbered by line, from 1
+            if not line.strip():
+                continue
+            name = f"{p.name} row {n}"
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise XtokError(f"{name}: not valid JSON ({e.msg}); write one JSON object per line") from None
+            if not isinstance(row, dict) or "messages" not in row:
+                raise XtokError(f"{name}: no 'messages' field; chat rows are {{\"messages\": [{{\"role\": ..., \"content\": ...}}]}}")
+            msgs = check_messages(row["messages"], name)
+            check_trainable(msgs, name)
+            convs.append(msgs)
+            names.append(name)
+    if not convs:
+        raise XtokError(f"{p} holds no conversation; add rows with a 'messages' list")
+    return convs, names
+
+
+class ChatBatches:
+    """Deterministic batches of conversations: step `s` on rank `r` of `w` reads conversations
+    `(s * w + r) * B ... + B` of the epoch's shuffled order (seeded), like `TextBatches`."""
+
+    def __init__(self, spec, batch_size: int, seed: int, rank: int = 0, world: int = 1, fixed: bool = False):
+        self.conversations, self.names = read_chat_data(spec, seed)
+        self.batch_size, self.seed, self.rank, self.world, self.fixed = batch_size, seed, rank, world, fixed
+        self._orders: dict = {}
+
+    def __call__(self, step: int) -> tuple[list, list]:
+        if self.fixed:
+            step = 0
+        n = len(self.conversations)
+        start = (step * self.world + self.rank) * self.batch_size
+        picked = []
+        for i in range(start, start + self.batch_size):
+            epoch, j = divmod(i, n)
+            picked.append(self._order(epoch)[j])
+        return [self.conversations[k] for k in picked], [self.names[k] for k in picked]
+
+    def _order(self, epoch: int) -> list:
+        if epoch not in self._orders:
+            self._orders = {epoch: random.Random(self.seed * 1_000_003 + epoch).sample(range(len(self.conversations)),
+                                                                                      len(self.conversations))}
+        return self._orders[epoch]
+
+
+def check_templates(models, chat_template=None) -> None:
+    """At the start of a run: every model needs a chat template (its own, or --chat-template FILE)."""
+    for m in models:
+        try:
+            chat_template_of(m.tok, None)
+        except XtokError:
+            if chat_template is None:
+                raise XtokError(f"model {m.spec} (tokenizer {m.tok.name}) has no chat template, so it cannot read "
+                                f"--data conversations; pass --chat-template FILE (a .jinja file) or pick an instruct model") from None
+            chat_template_of(m.tok, chat_template)
+
+
+def template_for(tok, chat_template=None):
+    """The template a run renders `tok` with: its own, else the run's --chat-template."""
+    try:
+        chat_template_of(tok, None)
+        return None
+    except XtokError:
+        return chat_template
+
+
+def chat_views(conversations, names, student, teachers, *, max_length: int, loss_on: str, chat_template=None):
+    """One `ChatBatch` per teacher for the same conversations, cut once for all models. Returns
+    (views, kept rows)."""
+    toks = [student.tok] + [t.tok for t in teachers]
+    templates = [template_for(t, chat_template) for t in toks]
+    fitted, rows = fit_conversations(conversations, toks, max_length, templates=templates, names=names)
+    if not fitted:
+        raise XtokError(f"no conversation of this batch fits in --seq-len {max_length} tokens for every model, even cut "
+                        f"to its last exchange; raise --seq-len")
+    kept_names = [names[i] for i in rows]
+    views = [align_chat_batch(fitted, student.tok, t.tok, loss_on=loss_on, student_template=templates[0],
+                              teacher_template=tt, names=kept_names)
+             for t, tt in zip(teachers, templates[1:])]
+    return views, fitted, rows

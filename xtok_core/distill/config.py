@@ -68,7 +68,8 @@ class DistillConfig:
 
     # data
     data: str | None = opt(None, "training text: .txt (documents separated by blank lines), .jsonl with a text field, "
-                           ".parquet or .csv with a text column (default: the generated corpus)")
+                           ".parquet or .csv with a text column (default: the generated corpus); conversations: "
+                           "chat (the bundled chat set) or a .jsonl whose rows have messages")
     text_field: str = opt("text", "field or column of --data holding the text")
     heldout_fraction: float = opt(0.02, "share of --data documents held out for evaluation (chosen by a hash of the "
                                   "text, so the split never depends on the order or the seed)")

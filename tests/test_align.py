@@ -91,7 +91,7 @@ def test_graph_nodes_carry_side_position_and_visible_text():
     bos = graph.nodes["student", 0]
     assert (bos["side"], bos["position"], bos["text"], bos["special"]) == ("student", 0, "<|begin_of_text|>", True)
     texts = [graph.nodes["teacher", j]["text"] for j in range(len(a.teacher_ids))]
-    assert "".join(texts) == "12·→ab↵"
+    assert "".join(texts) == "12·⇥ab↵"
     assert {d["side"] for _, d in graph.nodes(data=True)} == {"student", "teacher"}
 
 
@@ -295,7 +295,7 @@ def test_align_batch_rejects_a_single_string_and_bad_max_length(default_pair):
 
 # ------------------------------------------------------------------ display and CLI
 def test_visible_shows_whitespace_and_partial_utf8():
-    assert visible(b" a\tb\n") == "·a→b↵"
+    assert visible(b" a\tb\n") == "·a⇥b↵"
     assert visible(b"\xf0\x9f") == "\\xf0\\x9f"
     assert visible("\u200d".encode()) == "\\u200d"
 
@@ -304,7 +304,7 @@ def test_cli_align_prints_both_tokenizations_groups_and_kinds(capsys):
     assert main(["align", "--text", "12345 hi\tthere", "--special"]) == 0
     out = capsys.readouterr().out
     assert "student llama-3.2" in out and "teacher qwen2.5" in out
-    assert "<|begin_of_text|> │ 123 │ 45 │ ·hi │ → │ there" in out
+    assert "<|begin_of_text|> │ 123 │ 45 │ ·hi │ ⇥ │ there" in out
     assert "1:n         1:3  [0, 3)        123  ⇔  1 │ 2 │ 3" in out
     assert "     0  special     1:0" in out and "kinds: 1:1 3, 1:n 2, special 1" in out
 

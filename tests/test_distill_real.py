@@ -66,13 +66,44 @@ def test_default_demo_pair_is_smollm2_into_tiny_llama_and_the_audit_says_pkl():
 @pytest.mark.slow
 def test_default_demo_runs_with_the_real_teacher_and_trains_no_teacher(tmp_path):
     out = tmp_path / "demo"
-    rc = main(["distill", *TINY, "--steps", "2", "--eval-every", "0", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)])
+    rc = main(["distill", *TINY, "--steps", "3", "--eval-every", "3", "--eval-size", "4", "--runs-dir", str(tmp_path / "runs"),
+               "--out", str(out)])
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["teachers"] == ["smollm2-135m-instruct"] and cfg["loss"] == "pkl"
     rows = RunDir(out).read_metrics()
-    assert [r["step"] for r in rows] == [0, 1] and all(r["kd/t0"] > 0 and r["pairs/t0"] > 0 for r in rows)
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["kd/t0"] > 0 and r["pairs/t0"] > 0 for r in rows)
     assert not (tmp_path / "runs" / "teachers").exists()
+    last = rows[-1]
+    for key in ("eval_ce", "eval_ce_per_byte", "eval_numeral_ce", "eval_top1_agreement/t0", "eval_accuracy"):
+        assert last[key] is not None, key
+    # a fresh tiny student knows nothing: CE near ln(128,256) = 11.8 nats per token, more than 1 nat per byte
+    assert 8 < last["eval_ce"] < 14 and last["eval_ce_per_byte"] > 1
+    assert 0 <= last["eval_top1_agreement/t0"] <= 1 and 0 <= last["eval_accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_with_a_named_teacher(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "xtok_core", "distill", *TINY, "--teacher", "smollm2-135m-instruct", "--steps", "100",
+           "--checkpoint-every", "2", "--eval-every", "0", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run, t0 = RunDir(out), time.time()
+    while len(run.read_metrics()) < 4:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() - t0 < 300
+        time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    before = {r["step"]: r for r in run.read_metrics()}
+    k = int(run.latest_checkpoint().name.split("-")[1])
+    rc = main(["distill", "--resume", str(out), "--steps", str(k + 3), "--no-progress"])
+    assert rc == 0
+    rows = run.read_metrics()
+    assert [r["step"] for r in rows] == list(range(k + 3)) and run.read_status()["state"] == "finished"
+    if k + 1 in before:  # the step after the checkpoint is recomputed from the same weights and batch
+        assert rows[k + 1]["loss"] == pytest.approx(before[k + 1]["loss"], rel=1e-4)
 
 
 @pytest.mark.slow

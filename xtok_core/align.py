@@ -23,33 +23,16 @@ when no text of its side follows (an eos).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from .display import token_label, visible  # noqa: F401 (re-exported: the one glyph set)
 from .errors import XtokError
 from .tok import Tok, load_tokenizer
 
 KINDS = ("1:1", "1:n", "n:1", "n:m", "special", "unaligned")
 _SPECIAL, _UNALIGNED = 4, 5
-_VISIBLE = str.maketrans({" ": "·", "\t": "→", "\n": "↵", "\r": "␍"})
-_INVISIBLE = re.compile(r"[\u200b-\u200f\u2060-\u2064\ufeff\u00ad]")
-
-
-def visible(piece: bytes) -> str:
-    """Bytes as readable text: partial UTF-8 as `\\xNN`, space/tab/newline as `·`, `→`, `↵`, and
-    zero-width characters (ZWJ, ...) as `\\u200d`."""
-    text = piece.decode("utf-8", errors="backslashreplace").translate(_VISIBLE)
-    return _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def token_label(tok: Tok, token_id: int) -> str:
-    """What to print for one token: its visible bytes, or its name for a special token."""
-    b = tok.token_bytes[token_id]
-    return tok.token_text(token_id) if b is None else visible(b)
-
-
 @dataclass(frozen=True)
 class Group:
     """One alignment group: positions `student` and `teacher` (ranges into the ids) cover the same bytes.

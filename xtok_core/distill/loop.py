@@ -33,8 +33,10 @@ from ..errors import XtokError
 from ..integrations.collator import CrossTokenizerCollator
 from ..losses import host_stats
 from .config import DistillConfig
-from .data import TextBatches, decode_samples, sample_continuations, split_prompt
-from .evaluate import arithmetic_accuracy
+from .chat_data import ChatBatches, chat_heldout_texts, chat_step, check_templates, is_chat_data
+from .data import (TextBatches, decode_samples, pack_examples, read_documents, sample_continuations, split_heldout,
+                   split_prompt, window_documents)
+from .evaluate import arithmetic_accuracy, heldout_metrics
 from ..models import LoadedModel, build_tiny, is_tiny, load_model, load_model_dir
 from .rundir import RunDir, gather_rng_states
 
@@ -90,9 +92,14 @@ class Prepared:
     projections: list
     notes: list = field(default_factory=list)
     caches: list | None = None   # teacher caches (xtok teacher-cache) standing in for the teachers' forward passes
+    train_texts: list | None = None   # --data: the training windows (None: the generated corpus)
+    heldout_texts: list = field(default_factory=list)   # texts for held-out evaluation
 
 
-def prepare(cfg: DistillConfig, *, log: Callable = print) -> Prepared:
+HELDOUT_SEED_OFFSET = 1_000_003   # the generated corpus's held-out texts: another seed's corpus
+
+
+def prepare(cfg: DistillConfig, *, log: Callable = print, documents: list | None = None) -> Prepared:
     """Resolve the run's models, W and loss. A tiny: teacher with `train_demo_teacher` is the cached
     demo teacher; when it is not cached yet it is trained here, as its own run in its own directory,
     before this run's loop (a Stop while it trains raises RunStopped; the next --resume continues it)."""
@@ -105,7 +112,24 @@ def prepare(cfg: DistillConfig, *, log: Callable = print) -> Prepared:
     files = cfg.projections or [None] * len(teachers)
     projections = [None if _same_tokenizer(student, t) else _projection(student, t, files[i]) for i, t in enumerate(teachers)]
     loss_name, note = resolve_loss(cfg, student, teachers, projections[0] if projections else None)
-    return Prepared(student, teachers, loss_name, projections, [note] if note else [], caches)
+    train, heldout = _texts(cfg, student, documents)
+    return Prepared(student, teachers, loss_name, projections, [note] if note else [], caches, train, heldout)
+
+
+def _texts(cfg: DistillConfig, student: LoadedModel, documents: list | None) -> tuple[list | None, list]:
+    """(training windows or None for the generated corpus, held-out texts). --data documents are split by
+    their hash, then windowed to the context (seq_len - 1 student tokens: room for bos)."""
+    if is_chat_data(cfg.data):  # conversations train through chat_data; held out: their content as text
+        return None, chat_heldout_texts(cfg.data, cfg.heldout_fraction, cfg.seed)[:cfg.eval_size]
+    if cfg.data is None:
+        from ..corpus import generate_corpus
+
+        held = pack_examples(generate_corpus(cfg.eval_size * 4, cfg.seed + HELDOUT_SEED_OFFSET), cfg.text_chars)
+        return None, held[:cfg.eval_size]
+    docs = documents if documents is not None else read_documents(cfg.data, cfg.text_field)
+    train, held = split_heldout(docs, cfg.heldout_fraction)
+    budget = max(1, cfg.seq_len - 1)
+    return window_documents(train, student.tok, budget), window_documents(held, student.tok, budget)[:cfg.eval_size]
 
 
 def _model(spec: str, cfg: DistillConfig, *, teacher: bool, log: Callable = print) -> LoadedModel:
@@ -208,6 +232,9 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
     cfg, hooks = config, hooks or RunHooks()
     rank, world, device = _distributed(cfg)
     main = rank == 0
+    # user data is read and checked before the run directory exists: a bad file leaves nothing behind
+    chat = is_chat_data(cfg.data)  # conversations (rows with messages): read by chat_data, checked there
+    documents = read_documents(cfg.data, cfg.text_field) if cfg.data and not chat and not resume and prepared is None else None
     run = RunDir(out)
     if main and resume:
         run.write_config(cfg.to_dict())  # a resumed run may have a new step target
@@ -223,7 +250,7 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             run.write_status("running", step=0, steps=cfg.steps, phase="preparing")
         torch.manual_seed(cfg.seed + rank)
         # -- once, before the loop: models, W, loss -----------------------------------------------
-        prep = prepared or prepare(cfg, log=log if main else (lambda *a, **k: None))
+        prep = prepared or prepare(cfg, log=log if main else (lambda *a, **k: None), documents=documents)
         if _agree(stop.set, world, device):
             raise RunStopped("stopped while preparing the run")
         student, teachers, caches = prep.student, prep.teachers, prep.caches
@@ -247,7 +274,16 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                 run.truncate_metrics(step - 1)
         elif resume and main:
             run.truncate_metrics(-1)
-        batches = TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch)
+        if chat:  # conversations: each model renders them with its own chat template
+            if caches:
+                raise XtokError("--teacher-cache stores teachers on plain text; conversations need each teacher on its "
+                                "own rendering: drop --teacher-cache for chat --data")
+            check_templates([student, *teachers], cfg.chat_template)
+            batches = ChatBatches(cfg.data, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch,
+                                  heldout_fraction=cfg.heldout_fraction)
+        else:
+            batches = TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch,
+                                  examples=prep.train_texts)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         n_on_policy = round(cfg.on_policy_ratio * cfg.batch_size)
         collator = CrossTokenizerCollator(student, teachers, max_length=cfg.seq_len)
@@ -265,20 +301,27 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * lr_scale
             # -- 1. the text of this step: corpus, with some rows replaced by student samples --
-            texts = batches(step)
-            if n_on_policy:
-                prompts = [split_prompt(t) for t in texts[:n_on_policy]]
-                with autocast:
-                    cont = sample_continuations(student.model, student.tok, prompts, max_new_tokens=cfg.max_new_tokens,
-                                                temperature=cfg.sample_temperature, max_length=cfg.seq_len, device=device)
-                texts[:n_on_policy] = decode_samples(student.tok, prompts, cont)
-            # -- 2. every tokenizer encodes the same text; other tokenizers are aligned to the student --
-            # (the collator the Hugging Face Trainer uses; CE only on corpus rows: the student's own samples
-            # are not targets to imitate)
-            batch = collator.encode(texts, ce_rows=torch.arange(len(texts)) >= n_on_policy)
-            alignments = [a if a is None else a.to(device) for a in CrossTokenizerCollator.alignments(batch)]
-            s_ids, s_mask = batch["input_ids"].to(device), batch["attention_mask"].bool().to(device)
-            labels = batch["labels"].to(device)
+            if chat:  # conversations: the same steps 1-2, with templates, loss masks and student-written turns
+                cs = chat_step(batches, step, student, teachers, same_tokenizer=_same_tokenizer, n_on_policy=n_on_policy,
+                               max_length=cfg.seq_len, loss_on=cfg.loss_on, chat_template=cfg.chat_template,
+                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature, device=device,
+                               autocast=autocast)
+                alignments, s_ids, s_mask, labels, texts = cs.alignments, cs.student_ids, cs.student_mask, cs.labels, cs.rows
+            else:
+                texts = batches(step)
+                if n_on_policy:
+                    prompts = [split_prompt(t) for t in texts[:n_on_policy]]
+                    with autocast:
+                        cont = sample_continuations(student.model, student.tok, prompts, max_new_tokens=cfg.max_new_tokens,
+                                                    temperature=cfg.sample_temperature, max_length=cfg.seq_len, device=device)
+                    texts[:n_on_policy] = decode_samples(student.tok, prompts, cont)
+                # -- 2. every tokenizer encodes the same text; other tokenizers are aligned to the student --
+                # (the collator the Hugging Face Trainer uses; CE only on corpus rows: the student's own samples
+                # are not targets to imitate)
+                batch = collator.encode(texts, ce_rows=torch.arange(len(texts)) >= n_on_policy)
+                alignments = [a if a is None else a.to(device) for a in CrossTokenizerCollator.alignments(batch)]
+                s_ids, s_mask = batch["input_ids"].to(device), batch["attention_mask"].bool().to(device)
+                labels = batch["labels"].to(device)
             # -- 3. forward passes (teachers without grad) --
             with autocast:
                 s_logits = model(input_ids=s_ids, attention_mask=s_mask.long()).logits
@@ -313,9 +356,12 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                        "on_policy": n_on_policy / len(texts),
                        **host_stats({"loss": loss.detach(), "grad_norm": grad_norm, **stats})}  # one host sync
                 if evaluating:
-                    with autocast:
-                        ev = arithmetic_accuracy(student.model, student.tok, n=cfg.eval_size, device=device)
-                    row["eval_accuracy"] = ev["accuracy"]
+                    row.update(heldout_metrics(student, teachers, prep.projections, prep.heldout_texts, seq_len=cfg.seq_len,
+                                               batch_size=cfg.batch_size, device=device, autocast=autocast))
+                    if cfg.data is None:  # the generated corpus's arithmetic: greedy exact match
+                        with autocast:
+                            ev = arithmetic_accuracy(student.model, student.tok, n=cfg.eval_size, device=device)
+                        row["eval_accuracy"] = ev["accuracy"]
                 run.append_metrics(row)
                 t_log, steps_since_log = time.time(), 0
             stopping = _agree(stop.set, world, device)

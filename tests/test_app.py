@@ -394,16 +394,20 @@ def test_the_run_form_launches_the_cli_with_the_chosen_settings():
     (run,) = runs.list_runs()
     try:
         cmd = run.launch["command"]
-        flags = {a: cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a.startswith("--")}
         assert cmd[:4] == [sys.executable, "-m", "xtok_core", "distill"]
-        assert flags["--student"] == "tiny:gpt2" and flags["--loss"] == "hkl" and flags["--steps"] == "3"
-        assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--teacher"] == ["tiny:qwen2.5", "tiny:llama-3.2"]
-        assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--alpha"] == ["0.75", "0.25"]
-        assert flags["--kd-weight"] == "0.5" and "--random-teacher" in cmd
-        assert flags["--runs-dir"] == os.environ["XTOK_RUNS_DIR"] and flags["--out"] == str(run.path)
+        # the page writes a DistillConfig and the CLI reads it: no argv assembled by hand
+        assert cmd[4:] == ["--config", str(run.path / "request.json"), "--no-progress", "--out", str(run.path)]
+        from xtok_core.distill import DistillConfig
+
+        cfg = DistillConfig.from_file(run.path / "request.json")
+        assert cfg.student == "tiny:gpt2" and cfg.loss == "hkl" and cfg.steps == 3
+        assert cfg.teachers == ["smollm2-135m-instruct", "tiny:llama-3.2"]  # the real-teacher demo by default
+        assert cfg.alphas == [0.75, 0.25] and cfg.kd_weight == 0.5 and cfg.train_demo_teacher is False
+        assert cfg.runs_dir == os.environ["XTOK_RUNS_DIR"]
         assert os.getpgid(run.pid) == run.pid != os.getpgid(0)  # its own process group: the page can end, the run goes on
         assert at.session_state.selected_run == run.name
         assert any(run.name in s.value for s in at.success)
+        assert run.setting("loss") == "hkl"  # read back from the request before the CLI writes config.json
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)  # only the command line is under test here

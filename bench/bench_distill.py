@@ -34,8 +34,9 @@ from _measure import machine, table  # noqa: E402
 from xtok_core.align import align_batch  # noqa: E402
 from xtok_core.distill import DistillConfig, run_distillation  # noqa: E402
 from xtok_core.distill import loop  # noqa: E402
-from xtok_core.distill.data import TextBatches, encode_padded  # noqa: E402
+from xtok_core.distill.data import TextBatches  # noqa: E402
 from xtok_core.distill.models import build_tiny  # noqa: E402
+from xtok_core.integrations.collator import CrossTokenizerCollator  # noqa: E402
 from xtok_core.tok import load_tokenizer  # noqa: E402
 
 
@@ -49,10 +50,12 @@ def loss_case(cfg: DistillConfig, texts: list[str]):
     """A closure running forward + backward of the loss the loop builds, on one batch's fixed logits."""
     student = build_tiny(cfg.student, dim=cfg.tiny_dim, layers=cfg.tiny_layers)
     teacher = build_tiny(cfg.teachers[0], dim=cfg.tiny_dim, layers=cfg.tiny_layers, seed=1)
-    objective = loop._objective(cfg, cfg.loss, student, [teacher])
     same = loop._same_tokenizer(student, teacher)
-    view = None if same else loop._align(texts, student, teacher, cfg.seq_len)
-    ids, mask = (encode_padded(student.tok, texts, cfg.seq_len) if same else (view.student_ids, view.student_mask))
+    prep = loop.Prepared(student, [teacher], cfg.loss, [None if same else loop._projection(student, teacher, None)])
+    objective = loop._objective(cfg, prep)
+    batch = CrossTokenizerCollator(student, [teacher], max_length=cfg.seq_len).encode(texts)  # the loop's batching
+    (view,) = CrossTokenizerCollator.alignments(batch)
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
     with torch.no_grad():
         zs = student.model(input_ids=ids, attention_mask=mask.long()).logits
         zt = teacher.model(input_ids=view.teacher_ids if view else ids,

@@ -91,7 +91,7 @@ def test_graph_nodes_carry_side_position_and_visible_text():
     bos = graph.nodes["student", 0]
     assert (bos["side"], bos["position"], bos["text"], bos["special"]) == ("student", 0, "<|begin_of_text|>", True)
     texts = [graph.nodes["teacher", j]["text"] for j in range(len(a.teacher_ids))]
-    assert "".join(texts) == "12·→ab↵"
+    assert "".join(texts) == "12·⇥ab↵"
     assert {d["side"] for _, d in graph.nodes(data=True)} == {"student", "teacher"}
 
 
@@ -144,7 +144,9 @@ def test_bos_is_its_own_group_and_never_joins_text(default_pair):
 
 def test_dummy_prefix_joins_the_group_of_the_following_token():
     a = align_spans("7 days", "mistral-7b", "llama-3.2")
-    assert a.student.token_bytes[a.student_ids[0]] == b" " and tuple(a.student_offsets[0]) == (0, 0)
+    # the lone `▁` has no byte of its own: it shares the first byte of `7`, the character it is the space of
+    assert a.student.token_bytes[a.student_ids[0]] == b" " and tuple(a.student_offsets[0]) == (0, 1)
+    assert tuple(a.student_offsets[1]) == (0, 1)
     assert not a.student.special[a.student_ids[0]]
     assert list(a.groups[0].student) == [0, 1] and a.groups[0].kind == "n:1"
 
@@ -293,7 +295,7 @@ def test_align_batch_rejects_a_single_string_and_bad_max_length(default_pair):
 
 # ------------------------------------------------------------------ display and CLI
 def test_visible_shows_whitespace_and_partial_utf8():
-    assert visible(b" a\tb\n") == "·a→b↵"
+    assert visible(b" a\tb\n") == "·a⇥b↵"
     assert visible(b"\xf0\x9f") == "\\xf0\\x9f"
     assert visible("\u200d".encode()) == "\\u200d"
 
@@ -302,7 +304,7 @@ def test_cli_align_prints_both_tokenizations_groups_and_kinds(capsys):
     assert main(["align", "--text", "12345 hi\tthere", "--special"]) == 0
     out = capsys.readouterr().out
     assert "student llama-3.2" in out and "teacher qwen2.5" in out
-    assert "<|begin_of_text|> │ 123 │ 45 │ ·hi │ → │ there" in out
+    assert "<|begin_of_text|> │ 123 │ 45 │ ·hi │ ⇥ │ there" in out
     assert "1:n         1:3  [0, 3)        123  ⇔  1 │ 2 │ 3" in out
     assert "     0  special     1:0" in out and "kinds: 1:1 3, 1:n 2, special 1" in out
 
@@ -329,3 +331,26 @@ def test_format_alignment_lists_every_group(default_pair):
     report = format_alignment(a)
     assert f"groups: {len(a.groups)}" in report
     assert "·\\xf0\\x9f │ \\xa6 │ \\x99" in report
+
+
+def test_special_token_spelled_in_the_text_groups_with_the_other_sides_pieces_of_its_bytes(default_pair):
+    """Llama-3 reads `<|begin_of_text|>` as its special token, Qwen as eight plain pieces: they form one
+    group, and the student's ` is` pairs with the teacher's ` is` alone."""
+    text = "<|begin_of_text|> is just text here"
+    a = align_spans(text, *default_pair)
+    first = a.groups[0]
+    assert list(first.student) == [0] and a.student.special[a.student_ids[0]]
+    assert a.group_bytes(first) == b"<|begin_of_text|>" and len(first.teacher) > 1
+    is_group = a.groups[1]
+    assert [a.student.token_bytes[a.student_ids[i]] for i in is_group.student] == [b" is"]
+    assert [a.teacher.token_bytes[a.teacher_ids[j]] for j in is_group.teacher] == [b" is"]
+    assert is_group.kind == "1:1"
+
+
+def test_unk_tokens_keep_their_spans_and_group_with_the_other_sides_pieces(tok):
+    text = "東京タワーは333メートルです。"
+    a = align_spans(text, "bert-wordpiece", "qwen2.5")
+    assert (a.student_ids == a.student.roles["unk"]).all() and len(a.student_ids) == 4
+    # four [UNK]s with the tokenizer's spans: each ends where a Qwen piece ends, so not one 4:n group
+    assert len(a.groups) == 4 and all(len(g.student) == 1 for g in a.groups)
+    assert b"".join(a.group_bytes(g) for g in a.groups) == text.encode()

@@ -270,3 +270,26 @@ def test_cli_reports_a_missing_corpus_in_one_line(capsys):
     assert main(["audit", "--corpus", "/nonexistent/corpus.txt"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "corpus" in err
+
+
+def test_report_names_the_corpus_once(default_pair):
+    s, t = default_pair
+    md = coverage_audit(s, t, corpus=["price 12.50 $ today", "x == 1"]).to_markdown()
+    assert "- corpus: 2 texts" in md and "corpus: corpus" not in md
+
+
+def test_cli_reports_and_app_show_whitespace_with_one_glyph_set(tok):
+    """A tab is the same glyph in the alignment report, the graph nodes, the audit report and the app's chips."""
+    from xtok_app.render import chips_html, visible_bytes
+    from xtok_core.align import align_spans, format_alignment
+    from xtok_core.audit_report import _md_code
+    from xtok_core.display import GLYPHS
+
+    a = align_spans("a\tb", "gpt2", "qwen2.5")
+    graph_texts = {d["text"] for _, d in a.to_networkx().nodes(data=True)}
+    tab = GLYPHS["\t"]
+    assert any(tab in x for x in graph_texts) and tab in format_alignment(a)
+    assert tab in _md_code("\t") and visible_bytes(b"\t") == tab
+    g = tok("gpt2")
+    assert tab in chips_html(g, g.encode("\t").ids)
+    assert {tab, "→", "⇥"} & set("".join(graph_texts) + format_alignment(a)) == {tab}

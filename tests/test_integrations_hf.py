@@ -332,3 +332,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_bf16_mixed_precision_runs_student_and_teacher_under_autocast(tmp_path):
+    seen = {}
+    tr = trainer(tmp_path, bf16=True, max_steps=1)
+    hook = tr.teachers[0].model.lm_head.register_forward_hook(lambda m, i, o: seen.setdefault("teacher", o.dtype) and None)
+    tr.model.lm_head.register_forward_hook(lambda m, i, o: seen.setdefault("student", o.dtype) and None)
+    tr.train()
+    hook.remove()
+    assert seen == {"teacher": torch.bfloat16, "student": torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in tr.model.parameters())  # master weights stay fp32
+    (row,) = [r for r in tr.state.log_history if "ce" in r]
+    assert math.isfinite(row["loss"]) and row["pairs/t0"] > 0

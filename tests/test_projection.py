@@ -285,3 +285,71 @@ def test_cli_export_writes_run_metrics_as_csv(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = (tmp_path / "m.csv").read_text().splitlines()
     assert rows[0].split(",")[0] == "step" and len(rows) == 3  # the torn last line is skipped
+
+
+def test_retokenize_pass_reads_special_token_text_as_plain_text(projection, tok):
+    """Qwen's plain-text tokens `<s>` / `</s>` are not Mistral's bos / eos: Mistral tokenizes their bytes
+    as text; Qwen's `<unk>` text is not Gemma's unk."""
+    q, m, g = tok("qwen2.5"), tok("mistral-7b"), tok("gemma")
+    w = projection("qwen2.5", "mistral-7b")
+    for text in ("<s>", "</s>"):
+        sid = q.id_of_bytes(text.encode())
+        assert sid is not None and not q.special[sid]
+        cols, _ = w.row(sid)
+        assert not set(cols.tolist()) & {m.roles["bos"], m.roles["eos"]}
+        assert b"".join(m.token_bytes[c] for c in m.retokenize_batch([text])[0]) == text.encode()
+        assert set(cols.tolist()) == set(m.retokenize_batch([text])[0]) and w.kind(sid) == "retokenized"
+    unk = q.id_of_bytes(b"<unk>")
+    assert g.roles["unk"] not in projection("qwen2.5", "gemma").row(unk)[0].tolist()
+
+
+def _nemo_rl_rows(student, teacher, rows, tokens_to_cut=4, top_k=4):
+    """A small independent port of NeMo-RL's bidirectional rule for a few student rows: each token's
+    first `tokens_to_cut` pieces get 0.9·0.1^i normalised to sum to 1 *per token*
+    (create_weight_distribution), added up in both directions, then each row's top_k kept and
+    normalised. Tokenizes with the raw `tokenizers` backends, special-token text read as text."""
+    from tokenizers import Tokenizer
+
+    def plain(tok):
+        b = Tokenizer.from_str(tok.backend.to_str())
+        b.encode_special_tokens = True
+        return b
+
+    def dist(n):
+        w = [0.9 * 0.1 ** i for i in range(n)]
+        return [x / sum(w) for x in w]
+
+    counts = {r: {} for r in rows}
+    for r in rows:
+        ids = plain(teacher).encode(student.token_bytes[r].decode(), add_special_tokens=False).ids[:tokens_to_cut]
+        for t_id, w in zip(ids, dist(len(ids))):
+            counts[r][t_id] = counts[r].get(t_id, 0.0) + w
+    t_ids = [i for i in range(teacher.vocab_size) if teacher.token_bytes[i] is not None and not teacher.special[i]]
+    encs = plain(student).encode_batch([teacher.token_bytes[i].decode("utf-8", "replace") for i in t_ids], add_special_tokens=False)
+    for t_id, e in zip(t_ids, encs):
+        ids = e.ids[:tokens_to_cut]
+        for s_id, w in zip(ids, dist(len(ids))):
+            if s_id in counts:
+                counts[s_id][t_id] = counts[s_id].get(t_id, 0.0) + w
+    out = {}
+    for r, row in counts.items():
+        kept = sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
+        z = sum(v for _, v in kept)
+        out[r] = {t: v / z for t, v in kept}
+    return out
+
+
+def test_reverse_pass_normalises_each_teacher_tokens_pieces_as_nemo_rl(projection, tok):
+    """gpt2 `arsh` with Qwen2.5 teachers: NeMo-RL keeps `marsh` among the top 4, raw 0.9·0.1^i kept `marshal`."""
+    s, t = tok("gpt2"), tok("qwen2.5")
+    w = projection("gpt2", "qwen2.5", reverse_pass=True)
+    names = [b"arsh", b"2019", b" Kubernetes", b"ingly", b"orship"]
+    rows = [s.id_of_bytes(b) for b in names]
+    rows = [r for r in rows if r is not None and w.kind(r) != "exact"]
+    assert s.id_of_bytes(b"arsh") in rows and len(rows) >= 3
+    want = _nemo_rl_rows(s, t, rows)
+    for r in rows:
+        # both sum in float64; W stores float32: a few eps32 per weight
+        assert row_dict(w, r) == pytest.approx(want[r], abs=4 * float(np.finfo(np.float32).eps)), s.token_bytes[r]
+    arsh = row_dict(w, s.id_of_bytes(b"arsh"))
+    assert t.id_of_bytes(b"marsh") in arsh and t.id_of_bytes(b"marshal") not in arsh

@@ -7,6 +7,7 @@ import re
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from xtok_core import XtokError, bundled_tokenizers, load_tokenizer
@@ -60,9 +61,11 @@ def test_byte_offsets_partition_the_text(tok, name):
         assert ends.max() == len(raw)
         if not t.normalizes or unicodedata.is_normalized("NFC", text):
             # byte offsets slice exactly each token's bytes out of the text
-            for i, (a, b) in zip(enc.ids.tolist(), enc.offsets.tolist()):
+            for k, (i, (a, b)) in enumerate(zip(enc.ids.tolist(), enc.offsets.tolist())):
                 cb = t.canonical_bytes(i)
-                if cb is not None and b > a:
+                if enc.prefix and cb == b" " and k == int((t.byte_lengths[enc.ids] > 0).argmax()):
+                    assert (a, b) == tuple(enc.offsets[k + 1][:1]) + (a + 1,)  # a lone dummy prefix shares the next byte
+                elif cb is not None and b > a:
                     assert cb.endswith(raw[a:b]) and len(cb) - (b - a) <= enc.prefix
 
 
@@ -197,3 +200,90 @@ def test_corrupt_gzip_tokenizer_names_gzip(tmp_path):
     p.write_bytes(b"\x1f\x8b\x08\x00garbage that is not deflate")
     with pytest.raises(XtokError, match="not a valid gzip file"):
         load_tokenizer(p)
+
+
+# ---------------------------------------------------------------- offsets that tile the text
+def _byte_offsets_of(text, char_offsets):
+    """The tokenizer's own character offsets, as UTF-8 byte offsets (an independent conversion)."""
+    return [(len(text[:a].encode()), len(text[:b].encode())) for a, b in char_offsets]
+
+
+def test_special_token_spelled_in_the_text_covers_the_bytes_it_consumed(tok):
+    t = tok("llama-3.2")
+    text = "<|begin_of_text|> is just text here"
+    enc = t.encode(text)
+    assert t.special[enc.ids[0]] and tuple(enc.offsets[0]) == (0, len("<|begin_of_text|>"))
+    assert enc.offsets.tolist() == [list(o) for o in _byte_offsets_of(text, t.backend.encode(text, add_special_tokens=False).offsets)]
+    # the bos the tokenizer adds stays an empty span before it
+    added = t.encode(text, add_special_tokens=True)
+    assert tuple(added.offsets[0]) == (0, 0) and tuple(added.offsets[1]) == (0, 17)
+
+
+def test_unk_keeps_the_tokenizers_offsets(tok):
+    w = tok("bert-wordpiece")
+    text = "東京タワーは333メートルです。"
+    enc = w.encode(text)
+    assert (enc.ids == w.roles["unk"]).all() and len(enc) == 4
+    assert [tuple(o) for o in enc.offsets.tolist()] == _byte_offsets_of(text, w.backend.encode(text, add_special_tokens=False).offsets)
+    assert enc.offsets[0, 0] == 0 and enc.offsets[-1, 1] == len(text.encode())
+
+
+def test_nfc_composed_character_covers_the_whole_composed_character(tok):
+    q = tok("qwen2.5")
+    enc = q.encode("e\u0301 x")
+    assert q.token_bytes[enc.ids[0]] == "é".encode()
+    assert tuple(enc.offsets[0]) == (0, 3) and tuple(enc.offsets[1]) == (3, 5)  # `e` + U+0301 is 3 bytes
+
+
+SPECIAL_TEXTS = sorted({load_tokenizer(n).backend.id_to_token(int(i)) for n in bundled_tokenizers()
+                        for i in load_tokenizer(n).special.nonzero()[0][:6]})
+FRAGMENTS = SPECIAL_TEXTS + ["東京タワー", "한국어", "ก็", "e\u0301", "a\u0308\u0323", "\u0301", "😀", "👨\u200d👩\u200d👧",
+                             "🇫🇷", "½", "ﬁ", "İ", " ", "  ", "\t", "\n", "\r\n", "12345", "3.14", "Hello", "world", ",", "$"]
+
+
+def _tiles(enc, raw: bytes, drops: str) -> None:
+    """Every byte is covered, except in a text the tokenizer drops entirely (whitespace, control
+    characters, and marks where it strips accents: Unicode categories `drops`); spans only overlap
+    inside one character."""
+    o = enc.offsets
+    assert ((0 <= o[:, 0]) & (o[:, 0] <= o[:, 1]) & (o[:, 1] <= len(raw))).all()
+    assert (o[1:, 0] >= o[:-1, 0]).all()
+    full = o[o[:, 1] > o[:, 0]]
+    if not len(full):
+        assert all(unicodedata.category(c)[0] in drops for c in raw.decode())
+        return
+    covered = np.zeros(len(raw), bool)
+    for a, b in full.tolist():
+        covered[a:b] = True
+    assert covered.all()
+    # character index of every byte: overlapping bytes must all sit in one character
+    char_of = np.cumsum([(x & 0xC0) != 0x80 for x in raw]) - 1
+    reach = np.maximum.accumulate(full[:, 1])
+    for (a, _), r in zip(full[1:].tolist(), reach[:-1].tolist()):
+        if r > a:
+            assert char_of[a] == char_of[r - 1], (a, r)
+
+
+@pytest.mark.parametrize("name", bundled_tokenizers())
+def test_every_encoding_tiles_the_text_bytes(tok, name):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    t = tok(name)
+    pieces = st.one_of(st.sampled_from(FRAGMENTS), st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=4))
+
+    @settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.lists(pieces, max_size=10), st.booleans())
+    def check(parts, add_special_tokens):
+        text = "".join(parts)
+        raw = text.encode()
+        enc = t.encode(text, add_special_tokens=add_special_tokens)
+        drops = "CZ" + ("M" if "strip_accents" in t.normalizes else "")
+        _tiles(enc, raw, drops)
+        spelled = t.special[enc.ids] & (enc.offsets[:, 1] > enc.offsets[:, 0])
+        for i, (a, b) in zip(enc.ids[spelled].tolist(), enc.offsets[spelled].tolist()):
+            if i != t.roles.get("unk"):  # a special token read out of the text covers its spelling
+                spelled_as = "".join(c for c in raw[a:b].decode() if unicodedata.category(c)[0] not in drops)
+                assert spelled_as == t.backend.id_to_token(i)  # (plus bytes the tokenizer dropped next to it)
+
+    check()

@@ -6,7 +6,8 @@ check what a page will show without a browser.
 
 from __future__ import annotations
 
-_VISIBLE = str.maketrans({" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"})
+from xtok_core.display import hex_bytes, token_label, visible  # noqa: F401 (the one glyph set)
+
 _GOLDEN = 0.6180339887498949
 
 
@@ -21,23 +22,8 @@ def esc(text: str) -> str:
 
 
 def visible_bytes(b: bytes | None, name: str = "") -> str:
-    """A token's bytes as readable text: spaces `·`, newlines `↵`, tabs `⇥`; bytes that are not
-    complete UTF-8 (a byte-level piece of a character) as `\\xNN`; a special token by its name."""
-    if b is None:
-        return name or "∅"
-    text = b.decode("utf-8", errors="backslashreplace").translate(_VISIBLE)
-    # Other control characters would vanish on screen.
-    return "".join(c if c.isprintable() or c in "·↵⇥␍" else f"\\x{ord(c):02x}" for c in text)
-
-
-def token_label(tok, token_id: int) -> str:
-    """What a token shows in the page (see `visible_bytes`)."""
-    b = tok.token_bytes[token_id] if 0 <= token_id < tok.vocab_size else None
-    return visible_bytes(b, tok.token_text(token_id) if b is None and 0 <= token_id < tok.vocab_size else "")
-
-
-def hex_bytes(b: bytes | None) -> str:
-    return "—" if b is None else " ".join(f"{x:02x}" for x in b)
+    """A token's bytes as readable text (`xtok_core.display.visible`: one glyph set everywhere)."""
+    return visible(b, name)
 
 
 def colour(i: int, lightness: int = 85) -> str:

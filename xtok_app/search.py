@@ -8,8 +8,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-# The page shows whitespace as visible marks; typing them back means the same bytes.
-_TYPED = str.maketrans({"·": " ", "↵": "\n", "⇥": "\t", "Ġ": " ", "▁": " ", "Ċ": "\n"})
+from xtok_core.display import TYPED as _TYPED  # the page's glyphs typed back mean the same bytes
 
 
 @dataclass(frozen=True)

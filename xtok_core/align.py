@@ -8,60 +8,31 @@ for a whole batch of texts at once (concatenated, no Python loop over tokens or 
 bipartite `networkx` graph is built only for display (`Alignment.to_networkx`); tests check that its
 connected components are the fast groups.
 
-Alignment spans, the byte spans the groups are computed on, come from `Tok.encode` offsets:
-  * Special tokens (and ids without bytes) are groups of their own and never join text. [UNK] is not
-    one of them: it stands for text.
-  * Bytes no token reports (whitespace a WordPiece pre-tokenizer drops, a combining mark NFC folded
-    into the character before, the text behind an [UNK]) are claimed so that each side tiles the text
-    and no byte belongs to two groups: a gap splits after its last non-whitespace byte; the part up
-    to there goes to the token before (the [UNK] standing in the gap, if any), the trailing
-    whitespace to the token after (where WordPiece's canonical bytes put a word's space). A gap that
-    opens the text goes to the token after.
-  * A non-special token with an empty span (a lone SentencePiece dummy prefix `▁`) takes the first
-    byte of the next text token, so it joins that token's group (the previous token's last byte if no
-    text token follows; a "special" group of its own if its side has no text).
-  * Tokens that share one normalised character share its span; a side may cut only where every token
-    before the cut ends at or before it: cut after i iff max(end[0..i]) <= start[i+1].
-  * A text that only one side tokenizes (a whitespace run that a WordPiece tokenizer drops) gives one
+The spans the groups are computed on are `Tok.encode` offsets, which tile the text (families.py):
+  * an empty span (a special token the tokenizer added: bos, eos, [CLS]) is a group of its own and never
+    joins text; a special token spelled in the text covers its bytes and groups with the other side's
+    pieces of them, as [UNK] does;
+  * tokens sharing one character share its span; a side may cut only where every token before the cut
+    ends at or before it: cut before i+1 iff max(end[0..i]) <= start[i+1]; a group starts where both
+    sides may cut at the same byte;
+  * a text that only one side tokenizes (a whitespace run that a WordPiece tokenizer drops) gives one
     "unaligned" group per token, as the graph (no edges there) does.
-Groups are listed in text order; a special token comes before the text group at its byte, after it
-when no text of its side follows (an eos). A text that spells out a special token one tokenizer reads
-as plain text can put that special token inside the other side's group: the group's range then spans
-its position, and the special token stays a group of its own.
+Groups are listed in text order; a lone token comes before the text group at its byte, after it
+when no text of its side follows (an eos).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields
-from functools import cached_property, lru_cache
 
 import numpy as np
 
+from .display import token_label, visible  # noqa: F401 (re-exported: the one glyph set)
 from .errors import XtokError
 from .tok import Tok, load_tokenizer
 
 KINDS = ("1:1", "1:n", "n:1", "n:m", "special", "unaligned")
 _SPECIAL, _UNALIGNED = 4, 5
-_WHITESPACE = np.zeros(256, dtype=bool)
-_WHITESPACE[[9, 10, 11, 12, 13, 32]] = True
-_VISIBLE = str.maketrans({" ": "·", "\t": "→", "\n": "↵", "\r": "␍"})
-_INVISIBLE = re.compile(r"[\u200b-\u200f\u2060-\u2064\ufeff\u00ad]")
-
-
-def visible(piece: bytes) -> str:
-    """Bytes as readable text: partial UTF-8 as `\\xNN`, space/tab/newline as `·`, `→`, `↵`, and
-    zero-width characters (ZWJ, ...) as `\\u200d`."""
-    text = piece.decode("utf-8", errors="backslashreplace").translate(_VISIBLE)
-    return _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-def token_label(tok: Tok, token_id: int) -> str:
-    """What to print for one token: its visible bytes, or its name for a special token."""
-    b = tok.token_bytes[token_id]
-    return tok.token_text(token_id) if b is None else visible(b)
-
-
 @dataclass(frozen=True)
 class Group:
     """One alignment group: positions `student` and `teacher` (ranges into the ids) cover the same bytes.
@@ -202,32 +173,22 @@ def overlapping_pairs(a_spans: np.ndarray, b_spans: np.ndarray, a_skip=None, b_s
 
 # ----------------------------------------------------------------------------- the fast path
 @dataclass
-class _Side:
+class _SideTokens:
     """One side of a batch, all texts concatenated: token i of text d sits at `first[d] + position`."""
 
     ids: np.ndarray       # (N,)
     doc: np.ndarray       # (N,) text index of every token
     first: np.ndarray     # (B + 1,) index of every text's first token
-    start: np.ndarray     # (N,) alignment spans [start, end) in batch byte coordinates (text d starts at base[d])
+    start: np.ndarray     # (N,) byte spans [start, end) in batch byte coordinates (text d starts at base[d])
     end: np.ndarray
-    lone: np.ndarray      # (N,) bool: special tokens and text-less empty tokens, a group each
+    lone: np.ndarray      # (N,) bool: empty spans (special tokens the tokenizer added), a group each
     text: np.ndarray      # indices of the other tokens
-    can_start: np.ndarray  # (len(text),) bool: a group of this side alone may start at this token
+    can_cut: np.ndarray   # (len(text),) bool: this side may start a group at this token
     has_text: np.ndarray  # (B,) bool: the text has text tokens on this side
 
     @property
     def spans(self) -> np.ndarray:
         return np.stack([self.start, self.end], axis=1)
-
-
-@lru_cache(maxsize=64)
-def _lone_ids(tok: Tok) -> np.ndarray:
-    """(V,) bool: ids that are groups of their own (special tokens and id holes; [UNK] stands for text)."""
-    lone = tok.special | tok.holes
-    if "unk" in tok.roles:
-        lone = lone.copy()
-        lone[tok.roles["unk"]] = False
-    return lone
 
 
 def _firsts(doc: np.ndarray, n_texts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -236,78 +197,31 @@ def _firsts(doc: np.ndarray, n_texts: int) -> tuple[np.ndarray, np.ndarray]:
     return first, first[1:] > first[:-1]
 
 
-def _side(tok: Tok, encodings: list, text_bytes: _BatchBytes) -> _Side:
-    """Concatenate one side's encodings and turn offsets into alignment spans (module docstring)."""
-    base, n_texts = text_bytes.base, len(encodings)
+def _side(encodings: list, base: np.ndarray) -> _SideTokens:
+    """Concatenate one side's encodings (whose offsets tile each text, see `Tok.encode`) and find
+    where this side may cut: before token i+1 iff every token up to i ends at or before its start."""
+    n_texts = len(encodings)
     counts = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=n_texts)
     first = np.concatenate(([0], np.cumsum(counts)))
     ids = np.concatenate([e.ids for e in encodings] + [np.zeros(0, np.int64)]).astype(np.int64, copy=False)
     offsets = np.concatenate([e.offsets.reshape(-1, 2) for e in encodings] + [np.zeros((0, 2), np.int64)])
     doc = np.repeat(np.arange(n_texts), counts)
-    offsets += np.repeat(base[:-1], counts)[:, None]
+    offsets = offsets + np.repeat(base[:-1], counts)[:, None]
     start, end = offsets[:, 0], offsets[:, 1]
-    special = _lone_ids(tok)[ids]
-
-    # Text tokens: close the gaps between them so that they tile every text.
-    text = np.flatnonzero(~special)
+    lone = end <= start
+    text = np.flatnonzero(~lone)
     s, e = start[text], end[text]
-    t_first = np.searchsorted(text, first)
-    has_text = t_first[1:] > t_first[:-1]
-    heads, tails = t_first[:-1][has_text], t_first[1:][has_text] - 1
-    reach = np.empty_like(s)                       # how far the tokens before this one reach
-    reached = np.maximum.accumulate(e) if len(text) else e
-    reach[1:] = reached[:-1]
-    reach[heads] = base[:-1][has_text]
-    gap = np.flatnonzero(s > reach)
-    if len(gap):
-        # A gap splits after its last non-whitespace byte: that part to the token before, the trailing
-        # whitespace to the token after (all of it when the gap opens the text).
-        split = np.maximum(reach[gap], text_bytes.end_before[s[gap]])
-        opens = np.isin(gap, heads)
-        split[opens] = reach[gap[opens]]
-        back = gap[split > reach[gap]]
-        e[back - 1] = split[split > reach[gap]]    # an empty [UNK] before a gap takes it here
-        s[gap] = split
-        reached = np.maximum.accumulate(e)
-        reach[1:] = reached[:-1]
-        reach[heads] = base[:-1][has_text]
-    short = reached[tails] < base[1:][has_text]
-    e[tails[short]] = base[1:][has_text][short]
-    if len(gap) or short.any():
-        start[text], end[text] = s, e
-
-    # Text tokens still empty (a dummy prefix) take the first byte of the next text token, else the
-    # last byte of the previous one; with no text token in their text they stand alone.
-    # A token may start a group of this side where every earlier token of its text ends at or before it.
-    lone, can_start = special, reach <= s
-    hollow = e <= s
-    if hollow.any():
-        lone = special.copy()
-        full, empty = text[~hollow], text[hollow]
-        s, e, d = start[full], end[full], doc[full]
-        nxt = np.searchsorted(full, empty)
-        has_next = nxt < len(full)
-        has_next[has_next] &= d[nxt[has_next]] == doc[empty[has_next]]
-        prv = nxt - 1
-        has_prev = ~has_next & (prv >= 0)
-        has_prev[has_prev] &= d[prv[has_prev]] == doc[empty[has_prev]]
-        start[empty[has_next]] = s[nxt[has_next]]
-        end[empty[has_next]] = s[nxt[has_next]] + 1
-        start[empty[has_prev]] = e[prv[has_prev]] - 1
-        end[empty[has_prev]] = e[prv[has_prev]]
-        lone[empty[~(has_next | has_prev)]] = True
-        text = np.flatnonzero(~lone)
-        s, e = start[text], end[text]
-        t_first, has_text = _firsts(doc[text], n_texts)
-        can_start = np.ones(len(text), bool)
-        if len(text):
-            can_start[1:] = np.maximum.accumulate(e)[:-1] <= s[1:]
-            can_start[t_first[:-1][has_text]] = True
-    return _Side(ids, doc, first, start, end, lone, text, can_start, has_text)
+    text_first, has_text = _firsts(doc[text], n_texts)
+    can_cut = np.ones(len(text), bool)
+    if len(text):
+        covered_up_to = np.maximum.accumulate(e)  # how far the tokens so far reach (texts follow each other)
+        can_cut[1:] = covered_up_to[:-1] <= s[1:]
+        can_cut[text_first[:-1][has_text]] = True
+    return _SideTokens(ids, doc, first, start, end, lone, text, can_cut, has_text)
 
 
 @dataclass
-class _Groups:
+class _BatchGroups:
     """Every group of a batch, sorted by (text, order in text); positions are within their text, -1 = none."""
 
     doc: np.ndarray
@@ -321,7 +235,7 @@ class _Groups:
     t_group: np.ndarray
 
 
-def _text_follows(side: _Side, text: np.ndarray, lone: np.ndarray) -> np.ndarray:
+def _text_follows(side: _SideTokens, text: np.ndarray, lone: np.ndarray) -> np.ndarray:
     """For lone tokens: does a text token of the same text come after it on its side?"""
     nxt = np.searchsorted(text, lone)
     ok = nxt < len(text)
@@ -333,10 +247,10 @@ def _none(k: int) -> np.ndarray:
     return np.full(k, -1, np.int64)
 
 
-def _align(student: _Side, teacher: _Side, n_texts: int, n_bytes: int) -> _Groups:
+def _align(student: _SideTokens, teacher: _SideTokens, n_texts: int, n_bytes: int) -> _BatchGroups:
     """Groups of a whole batch: boundary intersection, no loop over tokens or groups."""
-    s_text, s_can, s_has = student.text, student.can_start, student.has_text
-    t_text, t_can, t_has = teacher.text, teacher.can_start, teacher.has_text
+    s_text, s_can, s_has = student.text, student.can_cut, student.has_text
+    t_text, t_can, t_has = teacher.text, teacher.can_cut, teacher.has_text
     two_sided = s_has & t_has
     everywhere = bool(two_sided.all())
     s_two = True if everywhere else two_sided[student.doc[s_text]]
@@ -399,7 +313,7 @@ def _align(student: _Side, teacher: _Side, n_texts: int, n_bytes: int) -> _Group
     t_group = np.empty(len(teacher.ids), np.int64)
     t_group[t_text] = text_rank[t_run.of_token] if t_seq is None else text_rank[t_seq[1]][t_run.of_token]
     t_group[t_lone] = lone_rank[len(s_lone):]
-    return _Groups(doc, rank, kind, s_first, s_last, t_first, t_last, s_group, t_group)
+    return _BatchGroups(doc, rank, kind, s_first, s_last, t_first, t_last, s_group, t_group)
 
 
 def _text_groups_with_one_sided(student, teacher, two_sided, s_run, t_run, s_doc, s_byte, t_byte, s_pos, s_end):
@@ -428,9 +342,9 @@ def _text_groups_with_one_sided(student, teacher, two_sided, s_run, t_run, s_doc
 
 
 @dataclass
-class _Runs:
-    """One side's groups of text tokens: where each starts among the text tokens, first/last token
-    (batch indices), token count, and the run of every text token."""
+class _SideGroups:
+    """One side's groups of text tokens (runs between cuts both sides share): where each starts among
+    the text tokens, first/last token (batch indices), token count, and the run of every text token."""
 
     head: np.ndarray
     first: np.ndarray
@@ -439,35 +353,18 @@ class _Runs:
     of_token: np.ndarray
 
 
-def _runs(text: np.ndarray, head: np.ndarray) -> _Runs:
+def _runs(text: np.ndarray, head: np.ndarray) -> _SideGroups:
     heads = np.flatnonzero(head)
     count = np.diff(heads, append=len(text))
-    return _Runs(heads, text[heads], text[heads + count - 1], count, np.cumsum(head) - 1)
-
-
-class _BatchBytes:
-    """The batch's texts as one byte string: `base` (B + 1,) is every text's offset in it."""
-
-    def __init__(self, texts: list[str]):
-        self.raws = [t.encode("utf-8", errors="surrogatepass") for t in texts]
-        lengths = np.fromiter(map(len, self.raws), dtype=np.int64, count=len(self.raws))
-        self.base = np.concatenate(([0], np.cumsum(lengths)))
-
-    @cached_property
-    def end_before(self) -> np.ndarray:
-        """(total + 1,): for every byte position, the end of the last non-whitespace byte before it
-        (0 if none). Only texts with gaps in a tokenization need it."""
-        solid = ~_WHITESPACE[np.frombuffer(b"".join(self.raws), dtype=np.uint8)]
-        ends = np.where(solid, np.arange(1, len(solid) + 1), 0)
-        return np.concatenate(([0], np.maximum.accumulate(ends) if len(ends) else ends))
+    return _SideGroups(heads, text[heads], text[heads + count - 1], count, np.cumsum(head) - 1)
 
 
 def align_encodings(texts: list[str], student: Tok, teacher: Tok, student_encodings: list, teacher_encodings: list):
     """Group a batch of already-encoded texts: (student side, teacher side, groups), all vectorised."""
-    text_bytes = _BatchBytes(texts)
-    s = _side(student, student_encodings, text_bytes)
-    t = _side(teacher, teacher_encodings, text_bytes)
-    return s, t, _align(s, t, len(texts), int(text_bytes.base[-1]) + 1)
+    lengths = np.fromiter((len(t.encode("utf-8", errors="surrogatepass")) for t in texts), dtype=np.int64, count=len(texts))
+    base = np.concatenate(([0], np.cumsum(lengths)))  # every text's offset in the batch's bytes
+    s, t = _side(student_encodings, base), _side(teacher_encodings, base)
+    return s, t, _align(s, t, len(texts), int(base[-1]) + 1)
 
 
 def align_spans(text: str, student, teacher, *, add_special_tokens: bool = False) -> Alignment:
@@ -544,7 +441,7 @@ def align_batch(texts: list[str], student, teacher, *, add_special_tokens: bool 
     return _pad(len(texts), s, t, g, max_length)
 
 
-def _pad(n_texts: int, s: _Side, t: _Side, g: _Groups, max_length: int | None) -> BatchAlignment:
+def _pad(n_texts: int, s: _SideTokens, t: _SideTokens, g: _BatchGroups, max_length: int | None) -> BatchAlignment:
     """Right-padded tensors. Groups, and each side's tokens, are stored text after text, so a boolean
     mask of the padded grid takes them in order."""
     import torch
@@ -564,7 +461,7 @@ def _pad(n_texts: int, s: _Side, t: _Side, g: _Groups, max_length: int | None) -
         out[slots] = values if keep is None else values[keep]
         return torch.from_numpy(out)
 
-    def tokens(side: _Side, group: np.ndarray):
+    def tokens(side: _SideTokens, group: np.ndarray):
         kept = None if keep is None else group < n_groups[side.doc]
         length = np.diff(side.first) if kept is None else np.bincount(side.doc[kept], minlength=n_texts)
         mask = np.arange(int(length.max(initial=0)))[None, :] < length[:, None]

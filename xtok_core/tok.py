@@ -1,8 +1,10 @@
 """Tokenizers as byte sequences.
 
 Tokens are compared by the bytes they contribute to text (SPEC §1), never by their display strings.
-Each tokenizer family needs one small adapter that turns the vocabulary's piece strings into those
-bytes; everything downstream (W, audit, alignment) sees only `Tok.token_bytes` and byte offsets.
+Each tokenizer family has one small adapter (families.py: byte-level BPE, SentencePiece with or
+without dummy prefix, WordPiece) for its pieces' bytes, its dummy prefix and offsets that tile the
+text; everything downstream (W, audit, alignment) sees only `Tok.token_bytes`, `Tok.bytes_index` and
+byte offsets.
 
 Sources `load_tokenizer` accepts, tried in this order:
   1. a bundled name (`bundled_tokenizers()`; aliases such as `llama-3` and `qwen`),
@@ -30,6 +32,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .errors import XtokError
+from .families import BYTE_DECODER, SPIECE, Family, detect, tile_offsets, utf8_char_lengths  # noqa: F401 (re-exported)
 
 ASSETS = Path(str(resources.files("xtok_core") / "assets" / "tokenizers"))
 DEFAULT_STUDENT = "llama-3.2"
@@ -40,55 +43,13 @@ ALIASES = {
     "o200k": "gpt-4o", "o200k_base": "gpt-4o", "deepseek": "deepseek-v3",
 }
 ROLES = ("bos", "eos", "pad", "unk")
-SPIECE = "\u2581"  # '▁', SentencePiece's visible space
+_utf8_char_lengths = utf8_char_lengths  # the name modules imported before the family adapters moved
 _BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 def bundled_tokenizers() -> list[str]:
     """Names of the tokenizers that ship with xtok (no hub access needed)."""
     return sorted(p.name for p in ASSETS.iterdir() if (p / "tokenizer.json.gz").is_file())
-
-
-def _gpt2_byte_decoder() -> dict[str, int]:
-    """The inverse of GPT-2's bytes_to_unicode table: printable stand-in char -> raw byte."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    chars, n = [], 0
-    for b in range(256):
-        if b in keep:
-            chars.append(b)
-        else:
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(range(256), chars)}
-
-
-BYTE_DECODER = _gpt2_byte_decoder()
-_BYTE_LEVEL_TABLE = str.maketrans({c: chr(b) for c, b in BYTE_DECODER.items()})
-
-
-def _utf8_char_lengths(text: str) -> np.ndarray:
-    """UTF-8 length of every character of `text`, vectorised (no per-character Python loop)."""
-    cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    return 1 + (cps >= 0x80) + (cps >= 0x800) + (cps >= 0x10000)
-
-
-def _split_packed(packed: bytes, byte_ends: np.ndarray) -> list[bytes]:
-    starts = np.concatenate(([0], byte_ends[:-1])).tolist()
-    return [packed[a:b] for a, b in zip(starts, byte_ends.tolist())]
-
-
-def _pieces_to_bytes(pieces: list[str], family: str) -> list[bytes]:
-    """Canonical bytes of many vocabulary pieces at once: one string transform over the joined
-    vocabulary, then a split at the pieces' byte boundaries."""
-    joined = "".join(pieces)
-    char_ends = np.cumsum(np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)))
-    if family == "byte-level":
-        # Every stand-in char becomes one byte; latin-1 writes it as is.
-        packed = joined.translate(_BYTE_LEVEL_TABLE).encode("latin-1", errors="strict")
-        return _split_packed(packed, char_ends)
-    text = joined.replace(SPIECE, " ") if family == "sentencepiece" else joined
-    byte_offsets = np.concatenate(([0], np.cumsum(_utf8_char_lengths(text))))
-    return _split_packed(text.encode("utf-8", errors="surrogatepass"), byte_offsets[char_ends])
 
 
 @dataclass(frozen=True)
@@ -105,9 +66,12 @@ class Encoding:
     """One text's tokenization.
 
     ids:     (n,) int64 token ids.
-    offsets: (n, 2) int64 byte offsets [start, end) into `text.encode("utf-8")`. Special tokens have
-             empty spans. Spans are non-decreasing; tokens that share one character the tokenizer
-             normalised (NFC, lower-casing) share that character's whole byte span.
+    offsets: (n, 2) int64 byte offsets [start, end) into `text.encode("utf-8")` that tile the text
+             (families.py): every token covers the bytes it consumed, a special token spelled in the
+             text and [UNK] included; special tokens the tokenizer adds (bos, eos) are empty spans;
+             bytes no token reports (a combining mark NFC folded, whitespace WordPiece drops) are
+             claimed by a neighbour. Spans are non-decreasing; only tokens that share one character
+             overlap (byte pieces of a normalised character, a lone dummy prefix and its next byte).
     prefix:  bytes at the start of the token bytes that the text does not have (a SentencePiece
              dummy prefix `▁`): 0 or 1.
     """
@@ -141,6 +105,12 @@ class Tok:
     normalizes: tuple = ()                          # e.g. ("NFC",) or ("lowercase", "strip_accents")
     dummy_prefix: bool = False                      # adds `▁`/` ` before text the way SentencePiece does
     config: dict = field(default_factory=dict, repr=False)
+    adapter: Family = field(default=None, repr=False)  # the family's quirks (families.py)
+
+    @property
+    def folds_case(self) -> bool:
+        """The tokenizer lower-cases or strips accents: exact matches hold only up to case."""
+        return "lowercase" in self.normalizes or "strip_accents" in self.normalizes
 
     # ---------------------------------------------------------------- identity
     @property
@@ -208,10 +178,14 @@ class Tok:
         bytes must not invent a leading space the bytes don't have (SPEC §2.2)."""
         if not self.dummy_prefix:
             return self.backend
-        spec = json.loads(self.backend.to_str())
-        spec["normalizer"] = _without_prepend(spec.get("normalizer"))
-        spec["pre_tokenizer"] = _without_metaspace_prefix(spec.get("pre_tokenizer"))
-        return Tokenizer.from_str(json.dumps(spec))
+        return Tokenizer.from_str(json.dumps(self.adapter.prefix_free(json.loads(self.backend.to_str()))))
+
+    @cached_property
+    def _backend_plain(self) -> Tokenizer:
+        """No dummy prefix, and special-token text read as text: `<s>` is `<`, `s`, `>`."""
+        plain = Tokenizer.from_str(self._backend_no_prefix.to_str())
+        plain.encode_special_tokens = True
+        return plain
 
     def encode(self, text: str, add_special_tokens: bool = False, *, dummy_prefix: bool = True) -> Encoding:
         """Tokenize `text` as the model sees it, with byte offsets (see `Encoding`)."""
@@ -223,19 +197,40 @@ class Tok:
         return [self._with_byte_offsets(t, e, backend, add_special_tokens) for t, e in zip(texts, encs)]
 
     def encode_ids_batch(self, texts: list[str], *, dummy_prefix: bool = True) -> list[list[int]]:
-        """Ids only, no special tokens: the fast path for building W."""
+        """Ids only, no special tokens added (special-token text in `texts` is read as the model reads it)."""
         backend = self.backend if dummy_prefix else self._backend_no_prefix
         return [e.ids for e in backend.encode_batch_fast(list(texts), add_special_tokens=False)]
 
+    def retokenize_batch(self, texts: list[str]) -> list[list[int]]:
+        """Ids of `texts` as plain text, the re-tokenize pass of W (SPEC §2.2): no special tokens added,
+        none parsed out of the text (Qwen's plain token `<s>` is `<`,`s`,`>` for Mistral, not its bos),
+        no dummy prefix the bytes don't have."""
+        return [e.ids for e in self._backend_plain.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    @cached_property
+    def _special_lengths(self) -> np.ndarray:
+        """(V,) bytes of every special token's text as it is spelled in a text (0 for others)."""
+        out = np.zeros(self.vocab_size, np.int64)
+        for i in np.flatnonzero(self.special).tolist():
+            out[i] = len((self.backend.id_to_token(i) or "").encode("utf-8"))
+        return out
+
     def _with_byte_offsets(self, text: str, enc, backend: Tokenizer, add_special_tokens: bool) -> Encoding:
         ids = np.asarray(enc.ids, dtype=np.int64)
-        lens = self.byte_lengths[ids] if len(ids) else np.zeros(0, np.int64)
+        if not len(ids):
+            return Encoding(ids, np.zeros((0, 2), np.int64), 0)
+        special = self.special[ids]
+        added = special & np.asarray(enc.special_tokens_mask, dtype=bool) if special.any() else special
+        lens = self.byte_lengths[ids]
+        if special.any():
+            # a special token read out of the text consumed its spelling
+            lens = np.where(special & ~added, self._special_lengths[ids], lens)
         raw = text.encode("utf-8", errors="surrogatepass")
         total = int(lens.sum())
         prefix = 0
         if self.dummy_prefix and total == len(raw) + 1:
             first = np.flatnonzero(lens)
-            if len(first) and self.token_bytes[ids[first[0]]][:1] == b" ":
+            if len(first) and self.token_bytes[ids[first[0]]] is not None and self.token_bytes[ids[first[0]]][:1] == b" ":
                 prefix = 1
         unchanged = not self.normalizes or (self.normalizes == ("NFC",) and unicodedata.is_normalized("NFC", text))
         if unchanged and total - prefix == len(raw):
@@ -243,101 +238,21 @@ class Tok:
             # where byte-level tokens split one character.
             ends = np.maximum(np.cumsum(lens) - prefix, 0)
             starts = np.maximum(ends - lens, 0)
+            starts, ends = self.adapter.hollow_spans(starts, ends, added, raw)
         else:
             # The tokenizer changed the text (NFC, lower-casing, dropped whitespace): map its
-            # character offsets into the original text to bytes.
-            char_to_byte = np.concatenate(([0], np.cumsum(_utf8_char_lengths(text))))
+            # character offsets into the original text to bytes, then claim what no token reports.
+            char_to_byte = np.concatenate(([0], np.cumsum(utf8_char_lengths(text))))
             # (encode_batch_fast skips offsets; only texts that take this path pay for them)
-            enc = backend.encode(text, add_special_tokens=add_special_tokens)
-            co = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-            starts, ends = char_to_byte[co[:, 0]], char_to_byte[co[:, 1]]
-            special = self.special[ids]
-            if special.any():
-                # post-processors report (0, 0) for special tokens wherever they stand: pin each
-                # one to the end of the text before it.
-                ends = np.maximum.accumulate(np.where(special, 0, ends))
-                starts = np.where(special, ends, np.minimum(starts, ends))
-        offsets = np.stack([starts, ends], axis=1).astype(np.int64) if len(ids) else np.zeros((0, 2), np.int64)
-        return Encoding(ids, offsets, prefix)
+            co = np.asarray(backend.encode(text, add_special_tokens=add_special_tokens).offsets, dtype=np.int64).reshape(-1, 2)
+            starts, ends = tile_offsets(char_to_byte[co[:, 0]], char_to_byte[co[:, 1]], added, raw)
+        return Encoding(ids, np.stack([starts, ends], axis=1).astype(np.int64), prefix)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
 
 
-def _without_prepend(norm):
-    if not norm:
-        return norm
-    if norm.get("type") == "Prepend":
-        return None
-    if norm.get("type") == "Sequence":
-        norm = dict(norm, normalizers=[n for n in norm["normalizers"] if n.get("type") != "Prepend"])
-    return norm
-
-
-def _without_metaspace_prefix(pre):
-    if not pre:
-        return pre
-    if pre.get("type") == "Metaspace":
-        return dict(pre, prepend_scheme="never", add_prefix_space=False)
-    if pre.get("type") == "ByteLevel":
-        return dict(pre, add_prefix_space=False)
-    if pre.get("type") == "Sequence":
-        return dict(pre, pretokenizers=[_without_metaspace_prefix(p) for p in pre["pretokenizers"]])
-    return pre
-
-
-# -------------------------------------------------------------------- family detection
-def _walk(node):
-    """Every component dict of a tokenizer.json pipeline (Sequences flattened)."""
-    if isinstance(node, dict):
-        yield node
-        for key in ("normalizers", "pretokenizers", "decoders", "processors"):
-            for child in node.get(key, []) or []:
-                yield from _walk(child)
-
-
-def _describe(spec: dict) -> tuple[str, tuple, bool]:
-    """(family, normalisations, dummy_prefix) of a tokenizer.json."""
-    model = spec.get("model", {})
-    comps = [c.get("type") for part in ("normalizer", "pre_tokenizer", "decoder") for c in _walk(spec.get(part))]
-    norms = []
-    for c in _walk(spec.get("normalizer")):
-        t = c.get("type")
-        if t in ("NFC", "NFKC", "NFD", "NFKD"):
-            norms.append(t)
-        elif t == "Lowercase" or (t == "BertNormalizer" and c.get("lowercase")):
-            norms.append("lowercase")
-        if t == "StripAccents" or (t == "BertNormalizer" and (c.get("strip_accents") or (c.get("strip_accents") is None and c.get("lowercase")))):
-            norms.append("strip_accents")
-        if t == "BertNormalizer" and c.get("clean_text"):
-            norms.append("clean_text")
-    dummy = any(c.get("type") == "Prepend" for c in _walk(spec.get("normalizer"))) or any(
-        (c.get("type") == "Metaspace" and c.get("prepend_scheme", "always" if c.get("add_prefix_space", True) else "never") != "never")
-        or (c.get("type") == "ByteLevel" and c.get("add_prefix_space"))
-        for c in _walk(spec.get("pre_tokenizer")))
-    if model.get("type") == "WordPiece":
-        family = "wordpiece"
-    elif "ByteLevel" in comps:
-        family = "byte-level"
-    elif "Metaspace" in comps or any(c.get("content") == " " and (c.get("pattern") or {}).get("String") == SPIECE
-                                     for c in _walk(spec.get("decoder"))):
-        family = "sentencepiece"
-    else:
-        family = "plain"
-    if model.get("type") == "WordPiece":
-        dummy = False
-    return family, tuple(dict.fromkeys(norms)), dummy
-
-
-def _is_punctuation(ch: str) -> bool:
-    """BERT's notion: ASCII symbols and every Unicode P* character are split off without a space."""
-    cp = ord(ch)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(ch).startswith("P")
-
-
-def _vocab_bytes(spec: dict, backend: Tokenizer, family: str, vocab_size: int):
+def _vocab_bytes(spec: dict, backend: Tokenizer, family: Family, vocab_size: int):
     """Canonical bytes for every id, plus the special / hole / byte-fallback masks."""
     vocab = backend.get_vocab(with_added_tokens=True)
     added = {a["id"]: a for a in spec.get("added_tokens", [])}
@@ -352,12 +267,7 @@ def _vocab_bytes(spec: dict, backend: Tokenizer, family: str, vocab_size: int):
     special[[i for i, a in added.items() if a.get("special")]] = True
     regular = np.flatnonzero(~holes & ~is_added)
     reg_pieces = pieces[regular].tolist()
-    if family == "wordpiece":
-        cont = spec["model"].get("continuing_subword_prefix", "##")
-        reg_bytes = [(p[len(cont):] if p.startswith(cont) else (p if len(p) == 1 and _is_punctuation(p) else " " + p)).encode()
-                     for p in reg_pieces]
-    else:
-        reg_bytes = _pieces_to_bytes(reg_pieces, family)
+    reg_bytes = family.pieces_to_bytes(reg_pieces)
     out = np.full(vocab_size, None, dtype=object)
     out[regular] = np.array(reg_bytes + [None], dtype=object)[:-1]  # the None keeps numpy from making a 2-D bytes array
     fallback = np.zeros(vocab_size, dtype=bool)
@@ -395,18 +305,14 @@ def _tok_from_bytes(name: str, source: str, raw: bytes, config: dict) -> Tok:
     except Exception as e:  # noqa: BLE001 - any parse failure is the same user problem
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
         raise XtokError(f"{source} is not a readable tokenizer.json ({reason}); re-download it or pass another tokenizer") from None
-    family, norms, dummy = _describe(spec)
+    family, norms, dummy = detect(spec)
     vocab = backend.get_vocab(with_added_tokens=True)
     vocab_size = max(vocab.values()) + 1
     token_bytes, special, holes, fallback = _vocab_bytes(spec, backend, family, vocab_size)
-    if norms and ("lowercase" in norms or "strip_accents" in norms):
-        family_label = f"{family}+" + "+".join(n for n in norms if n in ("lowercase", "strip_accents"))
-    else:
-        family_label = family
-    return Tok(name=name, source=source, sha256=hashlib.sha256(raw).hexdigest(), family=family_label,
+    return Tok(name=name, source=source, sha256=hashlib.sha256(raw).hexdigest(), family=family.label(norms),
                backend=backend, token_bytes=token_bytes, special=special, holes=holes,
                byte_fallback_ids=fallback, roles=_role_ids(spec, config, vocab), normalizes=norms,
-               dummy_prefix=dummy, config=config)
+               dummy_prefix=dummy, config=config, adapter=family)
 
 
 def _read_config(directory: Path) -> dict:

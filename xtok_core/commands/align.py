@@ -7,7 +7,7 @@ def register(sub):
     p = sub.add_parser("align", help="align the student's and the teacher's tokens of a text into span groups",
                        description="Tokenize a text with both tokenizers and print both tokenizations and the "
                                    "alignment groups (tokens whose byte spans overlap), with visible whitespace "
-                                   "(· space, → tab, ↵ newline) and partial UTF-8 bytes as \\xNN.")
+                                   "(· space, ⇥ tab, ↵ newline) and partial UTF-8 bytes as \\xNN.")
     p.add_argument("--student", default=None, help="student tokenizer (default: llama-3.2)")
     p.add_argument("--teacher", default=None, help="teacher tokenizer (default: qwen2.5)")
     src = p.add_mutually_exclusive_group(required=True)

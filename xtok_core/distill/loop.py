@@ -1,7 +1,10 @@
-"""The distillation loop: set up, then one training step read top to bottom.
+"""The distillation loop: prepare once, then one training step read top to bottom.
+
+    prepare(cfg)   models (load_model), the demo teacher if a tiny: teacher needs one (trained and cached
+                   as its own run before this run's loop starts), W per teacher, `--loss auto` resolved
 
     texts  -> (on-policy: student samples, decoded)      data.py
-           -> every tokenizer encodes the text, aligned   align_batch
+           -> every tokenizer encodes the text, aligned   integrations.collator (align_batch)
            -> student logits, teacher logits (no grad)
            -> CE + λ·Σ α_m KD_m                           losses.DistillLoss
            -> backward, clip, AdamW step
@@ -27,11 +30,13 @@ import torch
 import torch.distributed as dist
 
 from ..errors import XtokError
+from ..integrations.collator import CrossTokenizerCollator
 from ..losses import host_stats
 from .config import DistillConfig
-from .data import TextBatches, decode_samples, encode_padded, sample_continuations, split_prompt
-from .evaluate import arithmetic_accuracy
-from .models import LoadedModel, build_tiny, is_tiny, load_model_dir
+from .data import (TextBatches, decode_samples, pack_examples, read_documents, sample_continuations, split_heldout,
+                   split_prompt, window_documents)
+from .evaluate import arithmetic_accuracy, heldout_metrics
+from ..models import LoadedModel, build_tiny, is_tiny, load_model, load_model_dir
 from .rundir import RunDir, gather_rng_states
 
 
@@ -71,14 +76,71 @@ def _distributed(cfg: DistillConfig) -> tuple[int, int, torch.device]:
     return rank, world, torch.device(cfg.device if cfg.device not in ("auto", "cuda") else "cpu")
 
 
-def _model(spec: str, cfg: DistillConfig, *, teacher: bool) -> LoadedModel:
-    if not is_tiny(spec):
-        return load_model_dir(spec)
-    if teacher and cfg.train_demo_teacher:
-        from .teacher import train_teacher
+class RunStopped(Exception):
+    """A Stop (SIGTERM) arrived while the run was being prepared: the run is marked stopped, not failed."""
 
-        return load_model_dir(train_teacher(spec[len("tiny:"):], steps=cfg.teacher_steps, runs_dir=cfg.runs_dir,
-                                            device=cfg.device))
+
+@dataclass
+class Prepared:
+    """Everything a run resolves before its first step, once (SPEC §6): the models, the loss that
+    `--loss auto` chose, and one W per teacher (None for a teacher with the student's tokenizer)."""
+
+    student: LoadedModel
+    teachers: list
+    loss: str
+    projections: list
+    notes: list = field(default_factory=list)
+    caches: list | None = None   # teacher caches (xtok teacher-cache) standing in for the teachers' forward passes
+    train_texts: list | None = None   # --data: the training windows (None: the generated corpus)
+    heldout_texts: list = field(default_factory=list)   # texts for held-out evaluation
+
+
+HELDOUT_SEED_OFFSET = 1_000_003   # the generated corpus's held-out texts: another seed's corpus
+
+
+def prepare(cfg: DistillConfig, *, log: Callable = print, documents: list | None = None) -> Prepared:
+    """Resolve the run's models, W and loss. A tiny: teacher with `train_demo_teacher` is the cached
+    demo teacher; when it is not cached yet it is trained here, as its own run in its own directory,
+    before this run's loop (a Stop while it trains raises RunStopped; the next --resume continues it)."""
+    student = _model(cfg.student, cfg, teacher=False, log=log)
+    caches = _teacher_caches(cfg) if cfg.loss != "ce" else None
+    if caches:
+        teachers = [c.teacher() for c in caches]  # tokenizer and logit width only: no teacher model is loaded
+    else:
+        teachers = [_model(t, cfg, teacher=True, log=log) for t in cfg.teachers] if cfg.loss != "ce" else []
+    files = cfg.projections or [None] * len(teachers)
+    projections = [None if _same_tokenizer(student, t) else _projection(student, t, files[i]) for i, t in enumerate(teachers)]
+    loss_name, note = resolve_loss(cfg, student, teachers, projections[0] if projections else None)
+    train, heldout = _texts(cfg, student, documents)
+    return Prepared(student, teachers, loss_name, projections, [note] if note else [], caches, train, heldout)
+
+
+def _texts(cfg: DistillConfig, student: LoadedModel, documents: list | None) -> tuple[list | None, list]:
+    """(training windows or None for the generated corpus, held-out texts). --data documents are split by
+    their hash, then windowed to the context (seq_len - 1 student tokens: room for bos)."""
+    if cfg.data is None:
+        from ..corpus import generate_corpus
+
+        held = pack_examples(generate_corpus(cfg.eval_size * 4, cfg.seed + HELDOUT_SEED_OFFSET), cfg.text_chars)
+        return None, held[:cfg.eval_size]
+    docs = documents if documents is not None else read_documents(cfg.data, cfg.text_field)
+    train, held = split_heldout(docs, cfg.heldout_fraction)
+    budget = max(1, cfg.seq_len - 1)
+    return window_documents(train, student.tok, budget), window_documents(held, student.tok, budget)[:cfg.eval_size]
+
+
+def _model(spec: str, cfg: DistillConfig, *, teacher: bool, log: Callable = print) -> LoadedModel:
+    if not is_tiny(spec):
+        return load_model(spec, progress=log)
+    if teacher and cfg.train_demo_teacher:
+        from .teacher import default_teacher_steps, train_teacher
+
+        name = spec[len("tiny:"):]
+        path = train_teacher(name, steps=cfg.teacher_steps or default_teacher_steps(cfg.device), runs_dir=cfg.runs_dir,
+                             device=cfg.device, log=log)
+        if not (path / "teacher.json").is_file():
+            raise RunStopped(f"stopped while training the demo teacher for {name} in {path}")
+        return load_model_dir(path, spec=spec)
     return build_tiny(spec, dim=cfg.tiny_dim, layers=cfg.tiny_layers, seed=cfg.seed)
 
 
@@ -101,16 +163,16 @@ def _projection(student: LoadedModel, teacher: LoadedModel, path: str | None):
     return w
 
 
-def resolve_loss(cfg: DistillConfig, student: LoadedModel, teachers: list) -> tuple[str, str | None]:
+def resolve_loss(cfg: DistillConfig, student: LoadedModel, teachers: list, projection=None) -> tuple[str, str | None]:
     """`auto` -> the coverage audit's recommendation for the first teacher (P-KL if numerals, prices,
-    dates or code are poorly covered by exact matches, else H-KL)."""
+    dates or code are poorly covered by exact matches, else H-KL), on the run's own W when there is one."""
     if cfg.loss != "auto":
         return cfg.loss, None
     try:
         from ..audit import coverage_audit
     except ImportError:
         return "pkl", "loss auto: the coverage audit is not available, using pkl"
-    report = coverage_audit(student.tok, teachers[0].tok)
+    report = coverage_audit(student.tok, teachers[0].tok, projection)
     loss = {"P-KL": "pkl", "H-KL": "hkl"}[report.recommendation]
     return loss, f"loss auto -> {loss}: {report.reason}"
 
@@ -155,16 +217,20 @@ class _StopFlag:
 
 # ------------------------------------------------------------------------ the run
 def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool = False, hooks: RunHooks | None = None,
-                     progress: bool = True, log: Callable = print) -> RunResult:
+                     progress: bool = True, log: Callable = print, prepared: Prepared | None = None) -> RunResult:
     """Train `config.student` against `config.teachers`, writing the run directory `out`.
 
     resume=True continues the run in `out` from its latest checkpoint (see `resume_distillation`, which
-    reads the config back from the directory). Failures are recorded in status.json and re-raised (as
-    XtokError with one line for out-of-memory); metrics and the last checkpoint stay.
+    reads the config back from the directory). `prepared` skips `prepare` (the caller resolved the models).
+    Failures are recorded in status.json and re-raised (as XtokError with one line for out-of-memory);
+    metrics and the last checkpoint stay. A Stop (SIGTERM) during preparation or training ends the run
+    as "stopped".
     """
     cfg, hooks = config, hooks or RunHooks()
     rank, world, device = _distributed(cfg)
     main = rank == 0
+    # user data is read and checked before the run directory exists: a bad file leaves nothing behind
+    documents = read_documents(cfg.data, cfg.text_field) if cfg.data and not resume and prepared is None else None
     run = RunDir(out)
     if main and resume:
         run.write_config(cfg.to_dict())  # a resumed run may have a new step target
@@ -177,23 +243,21 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
     stop.install()
     try:
         if main:
-            run.write_status("running", step=0, steps=cfg.steps)
+            run.write_status("running", step=0, steps=cfg.steps, phase="preparing")
         torch.manual_seed(cfg.seed + rank)
-        # -- models ---------------------------------------------------------------------------
-        student = _model(cfg.student, cfg, teacher=False)
-        caches = _teacher_caches(cfg) if cfg.loss != "ce" else None
-        if caches:
-            teachers = [c.teacher() for c in caches]  # tokenizer and logit width only: no teacher model is loaded
-        else:
-            teachers = [_model(t, cfg, teacher=True) for t in cfg.teachers] if cfg.loss != "ce" else []
-        loss_name, note = resolve_loss(cfg, student, teachers)
-        if note and main:
-            log(note)
+        # -- once, before the loop: models, W, loss -----------------------------------------------
+        prep = prepared or prepare(cfg, log=log if main else (lambda *a, **k: None), documents=documents)
+        if _agree(stop.set, world, device):
+            raise RunStopped("stopped while preparing the run")
+        student, teachers, caches = prep.student, prep.teachers, prep.caches
+        for note in prep.notes:
+            if main:
+                log(note)
         student.model.to(device).train()
         for t in teachers:
             if t.model is not None:
                 t.model.to(device).eval().requires_grad_(False)
-        objective = _objective(cfg, loss_name, student, teachers).to(device)
+        objective = _objective(cfg, prep).to(device)
         model = torch.nn.parallel.DistributedDataParallel(student.model) if world > 1 else student.model
         groups = [{"params": [p for p in student.model.parameters() if p.requires_grad], "lr": cfg.lr, "base_lr": cfg.lr}]
         if list(objective.parameters()):
@@ -206,14 +270,18 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                 run.truncate_metrics(step - 1)
         elif resume and main:
             run.truncate_metrics(-1)
-        batches = TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch)
+        batches = TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch,
+                              examples=prep.train_texts)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         n_on_policy = round(cfg.on_policy_ratio * cfg.batch_size)
+        collator = CrossTokenizerCollator(student, teachers, max_length=cfg.seq_len)
         t_start, last_saved = time.time(), step - 1
+        t_log, steps_since_log = time.time(), 0
         bar = _progress(progress and main, step, cfg.steps)
+        if main:
+            run.write_status("running", step=step, steps=cfg.steps)
 
         while step < cfg.steps:
-            t0 = time.time()
             if hooks.before_step:
                 hooks.before_step(step, {"student": student, "teachers": teachers, "objective": objective,
                                          "optimizer": optimizer, "device": device})
@@ -229,28 +297,24 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                                                 temperature=cfg.sample_temperature, max_length=cfg.seq_len, device=device)
                 texts[:n_on_policy] = decode_samples(student.tok, prompts, cont)
             # -- 2. every tokenizer encodes the same text; other tokenizers are aligned to the student --
-            views = [None if _same_tokenizer(student, t) else _align(texts, student, t, cfg.seq_len).to(device)
-                     for t in teachers]
-            first = next((v for v in views if v is not None), None)
-            if first is not None:
-                s_ids, s_mask = first.student_ids, first.student_mask
-            else:
-                s_ids, s_mask = encode_padded(student.tok, texts, cfg.seq_len)
-            s_ids, s_mask = s_ids.to(device), s_mask.to(device)
-            # CE only on corpus rows: the student's own samples are not targets to imitate
-            labels = ce_labels(s_ids, s_mask, torch.arange(len(texts), device=device) >= n_on_policy)
+            # (the collator the Hugging Face Trainer uses; CE only on corpus rows: the student's own samples
+            # are not targets to imitate)
+            batch = collator.encode(texts, ce_rows=torch.arange(len(texts)) >= n_on_policy)
+            alignments = [a if a is None else a.to(device) for a in CrossTokenizerCollator.alignments(batch)]
+            s_ids, s_mask = batch["input_ids"].to(device), batch["attention_mask"].bool().to(device)
+            labels = batch["labels"].to(device)
             # -- 3. forward passes (teachers without grad) --
             with autocast:
                 s_logits = model(input_ids=s_ids, attention_mask=s_mask.long()).logits
                 with torch.no_grad():
-                    t_logits = ([c.distribution(texts, v.teacher_ids if v is not None else s_ids,
-                                                v.teacher_mask if v is not None else s_mask) for c, v in zip(caches, views)]
+                    t_logits = ([c.distribution(texts, a.teacher_ids if a is not None else s_ids,
+                                                a.teacher_mask if a is not None else s_mask) for c, a in zip(caches, alignments)]
                                 if caches else
-                                [t.model(input_ids=v.teacher_ids if v is not None else s_ids,
-                                         attention_mask=(v.teacher_mask if v is not None else s_mask).long()).logits
-                                 for t, v in zip(teachers, views)])
+                                [t.model(input_ids=a.teacher_ids if a is not None else s_ids,
+                                         attention_mask=(a.teacher_mask if a is not None else s_mask).long()).logits
+                                 for t, a in zip(teachers, alignments)])
             # -- 4. loss: CE + λ·Σ α_m KD_m, in fp32 --
-            loss, stats = objective(s_logits.float(), [z.float() if torch.is_tensor(z) else z for z in t_logits], views,
+            loss, stats = objective(s_logits.float(), [z.float() if torch.is_tensor(z) else z for z in t_logits], alignments,
                                     input_ids=s_ids, attention_mask=s_mask, labels=labels)
             # -- 5. update --
             optimizer.zero_grad(set_to_none=True)
@@ -258,28 +322,37 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             _sync_objective_grads(objective, world)
             grad_norm = torch.nn.utils.clip_grad_norm_(student.model.parameters(), cfg.grad_clip)
             optimizer.step()
-            # -- 6. bookkeeping --
-            n_tokens = int(s_mask.sum()) * world
-            if device.type == "cuda":
-                torch.cuda.synchronize()  # step_time measures the work, not the kernel launches
-            dt = time.time() - t0
-            row = {"step": step, "loss": float(loss.detach()), "lr": _lr_at(step, cfg), "grad_norm": float(grad_norm),
-                   "tokens": n_tokens, "tokens_per_s": n_tokens / max(dt, 1e-9), "step_time": dt,
-                   "wall_time": time.time(), "elapsed": time.time() - t_start, "on_policy": n_on_policy / len(texts),
-                   **host_stats(stats)}  # the losses keep tensors; one host sync here, where the row is logged
-            if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps) and main:
-                with autocast:
-                    ev = arithmetic_accuracy(student.model, student.tok, n=cfg.eval_size, device=device)
-                row["eval_accuracy"] = ev["accuracy"]
-            if main:
+            # -- 6. bookkeeping: values stay tensors on the device; they are read (a host sync) only on
+            # logging steps, as nanoGPT does --
+            steps_since_log += 1
+            evaluating = bool(cfg.eval_every) and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps)
+            logging = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps or evaluating
+            if logging and main:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()  # step_time measures the work, not the kernel launches
+                dt = (time.time() - t_log) / steps_since_log
+                n_tokens = int(s_mask.sum()) * world
+                row = {"step": step, "lr": _lr_at(step, cfg), "tokens": n_tokens, "tokens_per_s": n_tokens / max(dt, 1e-9),
+                       "step_time": dt, "wall_time": time.time(), "elapsed": time.time() - t_start,
+                       "on_policy": n_on_policy / len(texts),
+                       **host_stats({"loss": loss.detach(), "grad_norm": grad_norm, **stats})}  # one host sync
+                if evaluating:
+                    row.update(heldout_metrics(student, teachers, prep.projections, prep.heldout_texts, seq_len=cfg.seq_len,
+                                               batch_size=cfg.batch_size, device=device, autocast=autocast))
+                    if cfg.data is None:  # the generated corpus's arithmetic: greedy exact match
+                        with autocast:
+                            ev = arithmetic_accuracy(student.model, student.tok, n=cfg.eval_size, device=device)
+                        row["eval_accuracy"] = ev["accuracy"]
                 run.append_metrics(row)
+                t_log, steps_since_log = time.time(), 0
             stopping = _agree(stop.set, world, device)
             step += 1
             if main:
                 run.write_status("running", step=step, steps=cfg.steps)
                 if bar:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+                    if logging:
+                        bar.set_postfix(loss=f"{row['loss']:.3f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
                 rng = gather_rng_states(world, device) if world > 1 else None  # every rank's sampler
                 if main:
@@ -295,6 +368,12 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             run.write_status(state, step=step, steps=cfg.steps, checkpoint=f"step-{last_saved}" if last_saved >= 0 else None)
         _record_replica(run, rank, step, student.model)
         result = RunResult(run.path, state, step, run.read_metrics() if main else [], None, student)
+    except RunStopped as e:
+        if main:
+            kept = run.latest_checkpoint()
+            run.write_status("stopped", step=step, steps=cfg.steps, checkpoint=kept.name if kept else None,
+                             error=f"{e}; continue with xtok distill --resume {run.path}")
+        result = RunResult(run.path, "stopped", step, run.read_metrics() if main else [], None, None)
     except BaseException as e:  # noqa: BLE001 - every failure is recorded before it propagates
         msg = _one_line(e)
         if _is_oom(e):
@@ -327,23 +406,15 @@ def resume_distillation(run_dir: "str | Path", *, steps: int | None = None, **kw
 
 
 # ------------------------------------------------------------------------ pieces of a step
-def _align(texts: list[str], student: LoadedModel, teacher: LoadedModel, max_length: int):
-    from ..align import align_batch
-
-    return align_batch(texts, student.tok, teacher.tok, add_special_tokens=True, max_length=max_length)
-
-
-def _objective(cfg: DistillConfig, loss_name: str, student: LoadedModel, teachers: list) -> torch.nn.Module:
+def _objective(cfg: DistillConfig, prep: Prepared) -> torch.nn.Module:
     """CE alone, or losses.DistillLoss with one W per teacher (none for a teacher that shares the
     student's tokenizer: direct KL, no alignment)."""
-    if loss_name == "ce":
+    if prep.loss == "ce":
         return CrossEntropyOnly()
     from ..losses import DistillLoss, Teacher
 
-    files = cfg.projections or [None] * len(teachers)
-    specs = [Teacher(W=None if _same_tokenizer(student, t) else _projection(student, t, files[i]), alpha=a,
-                     loss=loss_name, learnable=cfg.learnable_w and not _same_tokenizer(student, t), name=f"t{i}")
-             for i, (t, a) in enumerate(zip(teachers, cfg.teacher_weights))]
+    specs = [Teacher(W=w, alpha=a, loss=prep.loss, learnable=cfg.learnable_w and w is not None, name=f"t{i}")
+             for i, (w, a) in enumerate(zip(prep.projections, cfg.teacher_weights))]
     # pure on-policy (every row sampled by the student) is KD only: there is no corpus row for CE
     return DistillLoss(specs, temperature=cfg.temperature, kd_weight=cfg.kd_weight, position=cfg.position,
                        ce_weight=0.0 if cfg.on_policy_ratio >= 1.0 else 1.0)
@@ -368,17 +439,12 @@ def _same_tokenizer(student: LoadedModel, teacher: LoadedModel) -> bool:
     return student.tok.sha256 == teacher.tok.sha256 and student.vocab_size == teacher.vocab_size
 
 
-def ce_labels(ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """HF-style unshifted labels: the ids, -100 on padding and on rows excluded from CE."""
-    return ids.masked_fill(~(mask & rows[:, None]), -100)
-
-
 class CrossEntropyOnly(torch.nn.Module):
     """Next-token CE of the student: the `--loss ce` baseline and the demo teacher's objective."""
 
     def forward(self, s_logits, t_logits=(), views=(), *, input_ids=None, attention_mask=None, labels=None):
         ce = torch.nn.functional.cross_entropy(s_logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        return ce, {"ce": float(ce.detach()), "kd": 0.0, "lambda": 0.0}
+        return ce, {"ce": ce.detach(), "kd": 0.0, "lambda": 0.0}
 
 
 def _sync_objective_grads(objective: torch.nn.Module, world: int) -> None:

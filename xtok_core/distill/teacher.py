@@ -49,7 +49,8 @@ def train_teacher(tokenizer: str, *, steps: int = 300, dim: int = TEACHER_DIM, l
                   seed: int = 0, runs_dir: str = "runs", device: str = "auto", progress: bool = True,
                   log=print, **overrides) -> Path:
     """Path of a trained demo teacher for `tokenizer` (a bundled name): from the cache, or trained now."""
-    from .loop import resume_distillation, run_distillation
+    from ..models import build_tiny
+    from .loop import Prepared, resume_distillation, run_distillation
     from .rundir import RunDir
 
     cfg = teacher_config(tokenizer, steps=steps, dim=dim, layers=layers, seed=seed, runs_dir=runs_dir, device=device, **overrides)
@@ -58,10 +59,12 @@ def train_teacher(tokenizer: str, *, steps: int = 300, dim: int = TEACHER_DIM, l
         return out
     run_path = out / "run"
     log(f"training the demo teacher for {tokenizer} ({steps} steps) in {out}")
+    # its own run, prepared here (a tiny student, CE only): it never prepares (or trains) another teacher
+    prepared = Prepared(build_tiny(cfg.student, dim=cfg.tiny_dim, layers=cfg.tiny_layers, seed=cfg.seed), [], "ce", [])
     if RunDir(run_path).latest_checkpoint() is not None:
-        result = resume_distillation(run_path, progress=progress, log=log)
+        result = resume_distillation(run_path, progress=progress, log=log, prepared=prepared)
     else:
-        result = run_distillation(cfg, run_path, progress=progress, log=log)
+        result = run_distillation(cfg, run_path, progress=progress, log=log, prepared=prepared)
     if result.state != "finished":
         return out  # stopped: the next call resumes it
     rank = dist.get_rank() if dist.is_initialized() else 0

@@ -1,11 +1,11 @@
 """xtok inside other people's training loops.
 
-`xtok_core.integrations.hf`: `CrossTokenizerCollator` (raw text -> student ids, each teacher's own ids,
-alignment tensors) and `CrossTokenizerDistillTrainer` (a `transformers.Trainer` whose loss is
-`xtok_core.losses.DistillLoss`). Imported lazily so that `import xtok_core` never pulls transformers.
+`collator.CrossTokenizerCollator` (raw text or conversations -> student ids, each teacher's own ids, the
+alignment tensors; also the batching of `xtok distill`) and `hf.CrossTokenizerDistillTrainer` (a
+`transformers.Trainer` whose loss is `xtok_core.losses.DistillLoss`). Imported lazily so that `import xtok_core` never pulls transformers.
 """
 
-_LAZY = {"CrossTokenizerCollator": "hf", "CrossTokenizerDistillTrainer": "hf", "distill_objective": "hf"}
+_LAZY = {"CrossTokenizerCollator": "collator", "CrossTokenizerDistillTrainer": "hf", "distill_objective": "hf"}
 
 
 def __getattr__(name):

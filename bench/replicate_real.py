@@ -35,7 +35,7 @@ the student's own samples, continuing held-out prompts, as the sample length gro
 Mean ± sample standard deviation over seeds; a difference between two methods no larger than the larger of
 their seed spreads is reported as a tie.
 
-    python bench/replicate_real.py --quick        # 2-core CPU, at most 30 min including the teacher caches
+    python bench/replicate_real.py --quick        # 2-core CPU: sized for ~20 min on a quiet machine (estimated, not yet measured)
     python bench/replicate_real.py                # the larger setting, for a GPU (--device cuda)
     python bench/replicate_real.py --from-json bench/results/replicate-real.json   # tables and charts again
 """

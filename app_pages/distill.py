@@ -1,4 +1,4 @@
-"""Distill: launch a run of `xtok distill` in the background, follow its curves live, stop it, compare runs."""
+"""Distill: launch a run of `xtok distill` in the background, follow its curves live, stop, resume, compare runs."""
 
 import json
 
@@ -7,10 +7,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from xtok_app import runs, state
+from xtok_app.render import md_text
 from xtok_core import XtokError
+from xtok_core.distill import DistillConfig
 
 LOSS_NAMES = {"pkl": "P-KL", "hkl": "H-KL", "gold": "GOLD", "uld": "ULD", "ce": "CE only (no teacher)"}
 REFRESH_S = 2.0
+DEFAULTS = DistillConfig()  # the form's defaults are the CLI's
 
 st.title("Distill")
 ss = st.session_state
@@ -23,55 +26,65 @@ try:
     report = state.audit(student, teacher, w)
     recommended = {"P-KL": "pkl", "H-KL": "hkl"}.get(report.recommendation)
 except XtokError as e:
-    st.warning(f"No audit recommendation for this pair: {e}")
+    st.warning(md_text(f"No audit recommendation for this pair: {e}"))
 
 
 def model_field(label: str, tok_name: str, key: str) -> str:
+    if not state.allow_local():  # a page never names the server's own directories unless the server allows it
+        st.text_input(f"{label} model", f"tiny:{tok_name}", key=f"{key}_kind", disabled=True,
+                      help="`tiny:<tokenizer>` is a small Llama-style model sized to that tokenizer. Local model "
+                           f"directories need a server started with {state.ALLOW_LOCAL_ENV}=1.")
+        return f"tiny:{tok_name}"
     kind = st.radio(label, (f"tiny:{tok_name}", "local model directory"), key=f"{key}_kind", horizontal=True,
                     help="`tiny:<tokenizer>` is a small Llama-style model sized to that tokenizer (the demo); a local "
                          "directory is any Hugging Face causal LM (no remote code).")
     # (in a form nothing reruns before submit, so the directory field is always there)
     path = st.text_input(f"{label} model directory (when “local model directory” is picked)", key=f"{key}_dir",
-                         placeholder="/models/my-model").strip()
+                         placeholder="/models/my-model", max_chars=1000).strip()
     return path if kind == "local model directory" else kind
 
 
 all_runs = runs.list_runs()
-with st.expander("New run", expanded=not all_runs, icon=":material/add:"), st.form("new_run"):
-    c1, c2 = st.columns(2)
-    with c1:
-        student_model = model_field("Student", student.name, "f_student")
-    with c2:
-        teacher_model = model_field("Teacher", teacher.name, "f_teacher")
-    c1, c2, c3 = st.columns(3)
-    losses = list(LOSS_NAMES)
-    loss = c1.selectbox("Loss" + (f" (the audit recommends {LOSS_NAMES[recommended]})" if recommended else ""), losses,
-                        index=losses.index(recommended) if recommended else 0, format_func=LOSS_NAMES.get, key="f_loss")
-    steps = c2.number_input("Steps", 1, 1_000_000, 200, key="f_steps")
-    lr = c3.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.0e", key="f_lr")
-    c1, c2, c3 = st.columns(3)
-    on_policy = c1.slider("On-policy ratio", 0.0, 1.0, 0.0, 0.05, key="f_onpolicy",
-                          help="Share of each batch the student samples itself; the text is decoded and re-tokenized for the teacher.")
-    dynamic = c2.checkbox("Dynamic KD/CE scaling", True, key="f_dynamic",
-                          help="λ = sg(CE)/sg(KD) each step, so KD matches CE's size (the paper); off: the fixed weight.")
-    kd_weight = c3.number_input("Fixed KD weight (when not dynamic)", 0.0, 100.0, 1.0, key="f_kdw")
-    second = st.checkbox("Add a second teacher", key="f_second")
-    c1, c2 = st.columns([3, 1])
-    second_model = c1.text_input("Second teacher: `tiny:<bundled tokenizer>` or a local model directory",
-                                 "tiny:llama-3.2", key="f_second_model")
-    alpha = c2.slider("α of the second teacher", 0.0, 1.0, 0.3, 0.05, key="f_alpha",
-                      help="KD = (1 − α)·KD₁ + α·KD₂")
-    with st.expander("More settings"):
+# Stays open once the user worked in it (a rerun from the checkbox below would fold it again).
+with st.expander("New run", expanded=not all_runs or ss.get("new_run_open", False), icon=":material/add:"):
+    # Outside the form: ticking it reruns the page, so the second teacher's fields follow it.
+    second = st.checkbox("Add a second teacher", key="f_second", on_change=lambda: ss.update(new_run_open=True))
+    with st.form("new_run"):
+        c1, c2 = st.columns(2)
+        with c1:
+            student_model = model_field("Student", student.name, "f_student")
+        with c2:
+            teacher_model = model_field("Teacher", teacher.name, "f_teacher")
         c1, c2, c3 = st.columns(3)
-        batch = c1.number_input("Batch size", 1, 1024, 8, key="f_batch")
-        eval_every = c2.number_input("Evaluate arithmetic every N steps (0: never)", 0, 100_000, 50, key="f_eval")
-        demo_teacher = c3.checkbox("Trained demo teacher", True, key="f_demo",
-                                   help="A `tiny:` teacher is trained on the bundled corpus once (minutes on CPU) and cached "
-                                        "under the runs directory. Off: random weights, for a quick smoke run.")
-    submitted = st.form_submit_button("Launch run", type="primary")
+        losses = list(LOSS_NAMES)
+        loss = c1.selectbox("Loss" + (f" (the audit recommends {LOSS_NAMES[recommended]})" if recommended else ""), losses,
+                            index=losses.index(recommended) if recommended else 0, format_func=LOSS_NAMES.get, key="f_loss")
+        steps = c2.number_input("Steps", 1, 1_000_000, DEFAULTS.steps, key="f_steps")
+        lr = c3.number_input("Learning rate", 1e-6, 1.0, DEFAULTS.lr, format="%.0e", key="f_lr")
+        c1, c2, c3 = st.columns(3)
+        on_policy = c1.slider("On-policy ratio", 0.0, 1.0, DEFAULTS.on_policy_ratio, 0.05, key="f_onpolicy",
+                              help="Share of each batch the student samples itself; the text is decoded and re-tokenized for the teacher.")
+        dynamic = c2.checkbox("Dynamic KD/CE scaling", DEFAULTS.kd_weight is None, key="f_dynamic",
+                              help="λ = sg(CE)/sg(KD) each step, so KD matches CE's size (the paper); off: the fixed weight.")
+        kd_weight = c3.number_input("Fixed KD weight (when not dynamic)", 0.0, 100.0, 1.0, key="f_kdw")
+        c1, c2 = st.columns([3, 1])
+        second_model = c1.text_input("Second teacher: `tiny:<bundled tokenizer>`" +
+                                     (" or a local model directory" if state.allow_local() else ""),
+                                     "tiny:llama-3.2", key="f_second_model", disabled=not second, max_chars=1000)
+        alpha = c2.slider("α of the second teacher", 0.0, 1.0, 0.3, 0.05, key="f_alpha", disabled=not second,
+                          help="KD = (1 − α)·KD₁ + α·KD₂")
+        with st.expander("More settings"):
+            c1, c2, c3 = st.columns(3)
+            batch = c1.number_input("Batch size", 1, 1024, DEFAULTS.batch_size, key="f_batch")
+            eval_every = c2.number_input("Evaluate arithmetic every N steps (0: never)", 0, 100_000, DEFAULTS.eval_every, key="f_eval")
+            demo_teacher = c3.checkbox("Trained demo teacher", DEFAULTS.train_demo_teacher, key="f_demo",
+                                       help="A `tiny:` teacher is trained on the bundled corpus once (minutes on CPU) and cached "
+                                            "under the runs directory. Off: random weights, for a quick smoke run.")
+        submitted = st.form_submit_button("Launch run", type="primary")
 
 if submitted:
-    teachers = [] if loss == "ce" else [teacher_model] + ([second_model.strip()] if second and second_model.strip() else [])
+    second_model = second_model.strip()
+    teachers = [] if loss == "ce" else [teacher_model] + ([second_model] if second and second_model else [])
     args = ["--student", student_model]
     for t in teachers:
         args += ["--teacher", t]
@@ -84,43 +97,41 @@ if submitted:
     if not demo_teacher:
         args += ["--random-teacher"]
     args += ["--runs-dir", str(runs.runs_dir()), "--no-progress"]
+    local = [m for m in [student_model, *teachers] if not state.model_spec_ok(m)]
     if not student_model or any(not t for t in teachers):
         st.error("A model directory is empty; type its path or pick the tiny model.")
+    elif local and not state.allow_local():
+        st.error(md_text(f"refused model {local[0]!r}: this server runs only tiny:<bundled tokenizer> and named models; "
+                         f"start it with {state.ALLOW_LOCAL_ENV}=1 to use local model directories"))
     else:
         label = f"{student_model}-{'+'.join(teachers) or 'ce'}-{loss}".replace("tiny:", "")
         run = runs.launch_run(args, runs.new_run_dir(label))
         ss.selected_run = run.name
         st.success(f"Launched {run.name} (pid {run.pid}); it keeps running if you close the page.")
 
-st.subheader("Runs")
-all_runs = runs.list_runs()
-if not all_runs:
-    st.info(f"No runs in {runs.runs_dir().resolve()} yet (set XTOK_RUNS_DIR to use another directory).")
-    st.stop()
+
+def _accuracy(row: dict):
+    v = row.get("eval_accuracy")
+    return float(v) if isinstance(v, (int, float)) else None
 
 
-def _row(r: runs.Run) -> list:
+def _steps_done(r: runs.Run, m: list[dict]) -> int | None:
+    """Steps completed (metric lines count steps from 0; the CLI says "stopped at step N" for N done)."""
+    done = r.status.get("step")
+    if isinstance(done, int):
+        return done
+    return int(m[-1]["step"]) + 1 if m and "step" in m[-1] else None
+
+
+def _row(r: runs.Run) -> dict:
     m = r.metrics()
     last = m[-1] if m else {}
     acc = next((x for x in (_accuracy(row) for row in reversed(m)) if x is not None), None)
     teachers = r.setting("teachers") or []
-    return [r.name, r.state, last.get("step", ""), f"{last['loss']:.4f}" if "loss" in last else "",
-            "" if acc is None else f"{acc:.1%}", r.setting("loss") or "", r.setting("student") or "", ", ".join(teachers)]
-
-
-def _accuracy(row: dict):
-    for k, v in row.items():
-        if "acc" in k and isinstance(v, (int, float)):
-            return float(v)
-    return None
-
-
-st.dataframe(pd.DataFrame([_row(r) for r in all_runs], columns=["run", "state", "step", "loss", "accuracy", "loss fn", "student", "teachers"]),
-             hide_index=True, width="stretch")
-names = [r.name for r in all_runs]
-if ss.get("selected_run") not in names:
-    ss.selected_run = names[0]
-st.selectbox("Follow run", names, key="selected_run")
+    # None, never "", in numeric columns: a mixed column breaks Arrow's conversion (ArrowTypeError)
+    return {"run": r.name, "state": r.state, "steps done": _steps_done(r, m), "loss": last.get("loss"),
+            "accuracy": acc, "loss fn": r.setting("loss") or "", "student": r.setting("student") or "",
+            "teachers": ", ".join(teachers)}
 
 
 def curves(frames: dict[str, pd.DataFrame], y: str, title: str, fmt: str = "") -> go.Figure:
@@ -128,54 +139,66 @@ def curves(frames: dict[str, pd.DataFrame], y: str, title: str, fmt: str = "") -
     for name, df in frames.items():
         if y in df and df[y].notna().any():
             d = df[df[y].notna()]
-            fig.add_trace(go.Scatter(x=d["step"], y=d[y], mode="lines+markers" if len(d) < 60 else "lines", name=name))
-    fig.update_layout(height=300, title=title, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="step",
-                      yaxis=dict(tickformat=fmt), legend=dict(orientation="h", y=-0.25))
+            fig.add_trace(go.Scatter(x=d["step"] + 1, y=d[y], mode="lines+markers" if len(d) < 60 else "lines", name=name))
+    yaxis = dict(tickformat=fmt)
+    if y == "accuracy":  # a share: the axis is 0 to 100 % whatever the points
+        yaxis.update(range=[0, 1.02])
+    fig.update_layout(height=300, title=title, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="steps done",
+                      yaxis=yaxis, legend=dict(orientation="h", y=-0.25))
     return fig
 
 
 def metrics_frame(r: runs.Run) -> pd.DataFrame:
     df = pd.DataFrame(r.metrics())
-    if df.empty:
-        return df
-    acc = [c for c in df.columns if "acc" in c]
-    if acc:
-        df["accuracy"] = df[acc[0]]
+    if not df.empty and "eval_accuracy" in df:
+        df["accuracy"] = df["eval_accuracy"]
     return df
 
 
-followed_running = runs.load_run(runs.runs_dir() / ss.selected_run).running
+def _demo_teacher_first(r: runs.Run) -> bool:
+    """True when the run's first minutes train the cached demo teacher (a tiny: teacher, not random)."""
+    teachers = r.setting("teachers") or []
+    random_teacher = ("--random-teacher" in (r.launch.get("command") or [])
+                      or r.config.get("train_demo_teacher") is False)
+    return not random_teacher and any(str(t).startswith("tiny:") for t in teachers)
 
 
-def live() -> None:
-    run = runs.load_run(runs.runs_dir() / ss.selected_run)
-    if followed_running and not run.running:
-        st.rerun()  # the run ended: refresh the whole page (runs table) and stop polling
+def follow(run: runs.Run) -> None:
     df = metrics_frame(run)
+    m = run.metrics()
+    done, target = _steps_done(run, m), run.setting("steps")
     top = st.columns([2, 1, 1, 1])
-    top[0].markdown(f"**{run.name}** · state **{run.state}**" + (f" · pid {run.pid}" if run.running and run.pid else ""))
-    top[1].metric("step", int(df["step"].iloc[-1]) if not df.empty and "step" in df else "—")
+    top[0].markdown(f"**{md_text(run.name)}** · state **{run.state}**" + (f" · pid {run.pid}" if run.running and run.pid else ""))
+    top[1].metric("steps done", "—" if done is None else f"{done}" + (f" / {target}" if target else ""))
     top[2].metric("loss", f"{df['loss'].iloc[-1]:.4f}" if not df.empty and "loss" in df else "—")
     if run.running:
         if top[3].button("Stop run", type="primary", key="stop_run"):
             runs.stop_run(run)
             st.toast(f"Sent SIGTERM to {run.name}; it checkpoints and stops.")
+    elif run.resumable:
+        if top[3].button("Resume run", type="primary", key="resume_run",
+                         help=f"xtok distill --resume {run.path}: continues from the last checkpoint"):
+            runs.launch_run(["--no-progress"], run.path, resume=True)
+            st.rerun(scope="app")
     if run.state == "failed" and run.error:
-        st.error(run.error)
+        st.error(md_text(run.error))
     elif run.state in ("ended", "failed") and not df.size:
         st.code(run.log_tail() or "(no output)", language=None)
     if df.empty:
-        st.caption("Waiting for the first step (a `tiny:` demo teacher is trained and cached first)…" if run.running
-                   else "This run wrote no metrics.")
-        if run.running and run.log_tail(3):
-            st.code(run.log_tail(3), language=None)
+        if run.running:
+            st.caption("Waiting for the first step" + (" (the `tiny:` demo teacher is trained and cached first)…"
+                                                        if _demo_teacher_first(run) else "…"))
+            if run.log_tail(3):
+                st.code(run.log_tail(3), language=None)
+        else:
+            st.caption("This run wrote no metrics.")
         return
     c1, c2 = st.columns(2)
-    parts = {k: df[["step", k]].rename(columns={k: "value"}) for k in ("loss", "kd", "ce") if k in df}
     fig = go.Figure()
-    for k, d in parts.items():
-        fig.add_trace(go.Scatter(x=d["step"], y=d["value"], mode="lines+markers" if len(d) < 60 else "lines", name=k))
-    fig.update_layout(height=300, title="Training loss", margin=dict(l=10, r=10, t=40, b=10), xaxis_title="step",
+    for k in ("loss", "kd", "ce"):
+        if k in df:
+            fig.add_trace(go.Scatter(x=df["step"] + 1, y=df[k], mode="lines+markers" if len(df) < 60 else "lines", name=k))
+    fig.update_layout(height=300, title="Training loss", margin=dict(l=10, r=10, t=40, b=10), xaxis_title="steps done",
                       legend=dict(orientation="h", y=-0.25))
     c1.plotly_chart(fig, key="live_loss")
     if "accuracy" in df and df["accuracy"].notna().any():
@@ -183,23 +206,47 @@ def live() -> None:
     else:
         c2.caption("Held-out arithmetic accuracy appears here at the run's first evaluation (--eval-every).")
     d1, d2, _ = st.columns([1, 1, 4])
-    d1.download_button("Metrics · JSONL", "\n".join(json.dumps(r) for r in run.metrics()) + "\n",
+    d1.download_button("Metrics · JSONL", "\n".join(json.dumps(r) for r in m) + "\n",
                        file_name=f"{run.name}.metrics.jsonl", mime="application/json", key="dl_jsonl", on_click="ignore")
     d2.download_button("Metrics · CSV", df.to_csv(index=False), file_name=f"{run.name}.metrics.csv", mime="text/csv",
                        key="dl_csv", on_click="ignore")
 
 
-# Polls only while the followed run is alive; the fragment reruns alone, the rest of the page stays.
-st.fragment(live, run_every=REFRESH_S if followed_running else None)()
+def runs_section(polling: bool) -> None:
+    """The runs table, the followed run and the comparison: one fragment, so all three refresh while
+    a run is live (every REFRESH_S seconds) and the rest of the page stays."""
+    listed = runs.list_runs()
+    live_now = any(r.running for r in listed)
+    if polling and not live_now:
+        st.rerun(scope="app")  # the last live run ended: redraw once and stop polling
+    if not listed:
+        st.info(f"No runs in {runs.runs_dir().resolve()} yet (set {runs.RUNS_ENV} to use another directory).")
+        return
+    st.dataframe(pd.DataFrame([_row(r) for r in listed]), hide_index=True, width="stretch",
+                 column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
+                                "loss": st.column_config.NumberColumn(format="%.4f")})
+    names = [r.name for r in listed]
+    if ss.get("selected_run") not in names:
+        ss.selected_run = names[0]
+    st.selectbox("Follow run", names, key="selected_run")
+    follow(runs.load_run(runs.runs_dir() / ss.selected_run))
 
-st.subheader("Compare runs")
-overlay = st.multiselect("Runs to overlay", names, default=names[: min(3, len(names))], key="overlay")
-if overlay:
-    frames = {n: metrics_frame(runs.load_run(runs.runs_dir() / n)) for n in overlay}
-    frames = {n: df for n, df in frames.items() if not df.empty}
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(curves(frames, "loss", "Training loss"), key="cmp_loss")
-    if any("accuracy" in df and df["accuracy"].notna().any() for df in frames.values()):
-        c2.plotly_chart(curves(frames, "accuracy", "Held-out arithmetic accuracy", ".0%"), key="cmp_acc")
-    else:
-        c2.caption("None of these runs has evaluated arithmetic accuracy yet.")
+    st.subheader("Compare runs")
+    if not ss.get("overlay_chosen"):  # until the user picks, the newest three (a new run joins at once)
+        ss.overlay = names[: min(3, len(names))]
+    ss.overlay = [n for n in ss.get("overlay", []) if n in names]
+    overlay = st.multiselect("Runs to overlay", names, key="overlay", on_change=lambda: ss.update(overlay_chosen=True))
+    if overlay:
+        frames = {n: metrics_frame(runs.load_run(runs.runs_dir() / n)) for n in overlay}
+        frames = {n: df for n, df in frames.items() if not df.empty}
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(curves(frames, "loss", "Training loss"), key="cmp_loss")
+        if any("accuracy" in df and df["accuracy"].notna().any() for df in frames.values()):
+            c2.plotly_chart(curves(frames, "accuracy", "Held-out arithmetic accuracy", ".0%"), key="cmp_acc")
+        else:
+            c2.caption("None of these runs has evaluated arithmetic accuracy yet.")
+
+
+st.subheader("Runs")
+polling = any(r.running for r in runs.list_runs())
+st.fragment(runs_section, run_every=REFRESH_S if polling else None)(polling)

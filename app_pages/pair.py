@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 from xtok_app import state
-from xtok_app.render import CHIP_CSS, table_html
+from xtok_app.render import CHIP_CSS, md_text, table_html
 from xtok_core import XtokError
 
 st.title("Pair")
@@ -38,7 +38,7 @@ with st.expander("Add a tokenizer: upload a tokenizer.json, a local path, or a h
         try:
             src = state.save_upload(upload.name, upload.getvalue())
         except XtokError as e:
-            ss.upload_error = str(e)
+            ss.upload_error = md_text(str(e))
         else:
             ss.upload_error = None
             state.add_source(src)
@@ -46,17 +46,21 @@ with st.expander("Add a tokenizer: upload a tokenizer.json, a local path, or a h
             st.rerun()
     if upload is not None and ss.get("upload_error"):
         st.error(ss.upload_error)
-    path = st.text_input("Local tokenizer.json, Hugging Face directory, or hub id (hub ids need network)",
-                         key="add_path", placeholder="/models/my-tokenizer/tokenizer.json")
-    if st.button("Add", key="add_path_btn", disabled=not path):
-        try:
-            state.tokenizer(path.strip())
-        except XtokError as e:
-            st.error(str(e))
-        else:
-            state.add_source(path.strip())
-            ss[target] = path.strip()
-            st.rerun()
+    if state.allow_local():
+        path = st.text_input("Local tokenizer.json, Hugging Face directory, or hub id (hub ids need network)",
+                             key="add_path", placeholder="/models/my-tokenizer/tokenizer.json", max_chars=1000)
+        if st.button("Add", key="add_path_btn", disabled=not path):
+            try:
+                state.add_local(path.strip())
+            except XtokError as e:
+                st.error(md_text(str(e)))
+            else:
+                state.add_source(path.strip())
+                ss[target] = path.strip()
+                st.rerun()
+    else:
+        st.caption(f"Local paths and hub ids are off: this server opens no file and no network address for a "
+                   f"page. Start it with `{state.ALLOW_LOCAL_ENV}=1 streamlit run app.py` to type them here.")
 
 student, teacher = state.current_pair()
 
@@ -80,11 +84,11 @@ if w is not None:
     from xtok_core.projection import KINDS
 
     counts = {k: int(n) for k, n in zip(KINDS, np.bincount(w.kinds, minlength=len(KINDS))) if n}
-    c = st.columns(4)
-    c[0].metric("shape", f"{w.shape[0]:,} × {w.shape[1]:,}")
-    c[1].metric("non-zeros", f"{w.matrix.nnz:,}")
-    c[2].metric("exact rows", f"{counts.get('exact', 0) / max(w.shape[0], 1):.1%}")
-    c[3].metric("W sha256", w.sha256[:12])
+    # A table, not st.metric: a metric cuts long values ("128,256 × 15…") to its column's width.
+    st.markdown(table_html(["shape (student × teacher)", "non-zeros", "exact rows", "W sha256"],
+                           [[f"{w.shape[0]:,} × {w.shape[1]:,}", f"{w.matrix.nnz:,}",
+                             f"{counts.get('exact', 0) / max(w.shape[0], 1):.1%}", w.sha256[:16]]],
+                           css_class="xtok-wfacts", numeric={1, 2}, mono={3}), unsafe_allow_html=True)
     st.caption("Kinds: " + ", ".join(f"{k} {n:,}" for k, n in counts.items()))
     st.page_link("app_pages/projection.py", label="Inspect rows on the Projection page", icon=":material/grid_on:")
 

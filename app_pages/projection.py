@@ -4,8 +4,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from xtok_app import state
-from xtok_app.render import CHIP_CSS, chips_html, colour, hex_bytes, table_html, visible_bytes
-from xtok_app.search import find_tokens
+from xtok_app.render import CHIP_CSS, chips_html, colour, hex_bytes, md_text, table_html, visible_bytes
+from xtok_app.search import MAX_QUERY, find_tokens, parse_id, typed_text, worked_example
 from xtok_core import XtokError
 
 st.title("Projection")
@@ -25,27 +25,52 @@ def _set_token() -> None:
 
 
 def _pick_match() -> None:
-    ss.token = f"id:{ss.token_pick}"
+    if ss.token_pick is not None:
+        ss.token = f"id:{ss.token_pick}"
 
+
+# A first visit opens on a worked example (a numeral whose row has several teacher pieces), not an
+# empty box; once shown, clearing the box keeps it empty.
+opened = ss.setdefault("projection_opened", [])
+if (student.sha256, teacher.sha256) not in opened:
+    opened.append((student.sha256, teacher.sha256))
+    if not ss.token:
+        ss.token = worked_example(student, w)
+        state.sync_url("projection")
 
 ss.token_query = ss.token
-st.text_input("Student token: type its text (`2019`, `·the` for a leading space), `id:N`, or part of a token",
-              key="token_query", on_change=_set_token, placeholder="2019")
-matches = find_tokens(student, ss.token)
+st.text_input("Student token: type its text (`2019`, `·the` for a leading space) or `id:N` for a token id",
+              key="token_query", on_change=_set_token, placeholder="2019", max_chars=MAX_QUERY)
+s_id = None
 if not ss.token:
     st.info("Type a student token above to see its row of W.")
-    s_id = None
-elif not matches:
-    st.warning(f"No {student.name} token matches {ss.token!r}; try part of it, or `id:N` for a token id.")
-    s_id = None
+elif parse_id(ss.token) is not None:
+    i = parse_id(ss.token)
+    if 0 <= i < student.vocab_size:
+        s_id = i
+    else:
+        st.warning(f"{student.name} has no token id {i:,}; ids run from 0 to {student.vocab_size - 1:,}.")
 else:
+    text = typed_text(ss.token)
+    matches = find_tokens(student, ss.token)
     labels = {m.token_id: f"{visible_bytes(student.token_bytes[m.token_id], student.token_text(m.token_id))}  ·  id {m.token_id}  ·  {m.how}"
               for m in matches}
-    if len(matches) > 1:
-        ss.token_pick = matches[0].token_id
-        st.selectbox(f"{len(matches)} matching student tokens", list(labels), key="token_pick",
-                     format_func=labels.get, on_change=_pick_match)
-    s_id = matches[0].token_id
+    if matches and matches[0].how == "text":
+        s_id = matches[0].token_id
+        if len(matches) > 1:
+            ss.token_pick = s_id
+            st.selectbox(f"{len(matches)} matching student tokens", list(labels), key="token_pick",
+                         format_func=labels.get, on_change=_pick_match)
+    else:
+        pieces = student.encode(text).ids.tolist() if text else []
+        st.warning(md_text(f"{visible_bytes(text.encode())} is not one {student.name} token: the student "
+                           f"tokenizes it into {len(pieces)} pieces, each a link to its row of W."))
+        st.markdown("Student pieces " + chips_html(student, pieces, show_ids=True, href=state.row_url),
+                    unsafe_allow_html=True)
+        if matches:
+            st.selectbox(f"{len(matches)} student tokens containing it (or with a leading space)", list(labels),
+                         key="token_pick", index=None, placeholder="pick one to see its row", format_func=labels.get,
+                         on_change=_pick_match)
 
 if s_id is not None:
     ex = w.explain(s_id)

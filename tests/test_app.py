@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("streamlit")
@@ -50,7 +51,8 @@ def table_cells(block: str) -> list[list[str]]:
     import html
 
     body = block.split("<tbody>", 1)[1]
-    return [[html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)] for row in re.findall(r"<tr>(.*?)</tr>", body)]
+    return [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body)]
 
 
 # ---------------------------------------------------------------- Pair
@@ -73,12 +75,12 @@ def test_picking_a_student_puts_it_in_the_url():
 
 def test_pair_page_reports_w():
     at = app(student="gpt2", teacher="gpt-4o")
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["shape"] == "50,257 × 200,019"
+    (facts,) = table_cells(html_blocks(at, "xtok-wfacts")[0])
+    assert facts[0] == "50,257 × 200,019"
     from xtok_app import state
 
     w = state.cached_projection(load_tokenizer("gpt2"), load_tokenizer("gpt-4o"))
-    assert metrics["W sha256"] == w.sha256[:12]
+    assert facts[3] == w.sha256[:16] and facts[1] == f"{w.matrix.nnz:,}"
     assert any(f"exact {w.kind_counts()['exact']:,}" in c.value for c in at.main.caption)
 
 
@@ -99,7 +101,8 @@ def test_a_corrupt_gzip_upload_is_one_line_too():
     assert "tokenizer.json.gz" in at.error[0].value and "\n" not in at.error[0].value
 
 
-def test_a_missing_local_path_is_one_line_and_keeps_the_pair(tmp_path):
+def test_a_missing_local_path_is_one_line_and_keeps_the_pair(tmp_path, monkeypatch):
+    monkeypatch.setenv("XTOK_ALLOW_LOCAL", "1")
     at = app()
     at.text_input(key="add_path").set_value(str(tmp_path / "nowhere" / "tokenizer.json")).run()
     at.button(key="add_path_btn").click().run()
@@ -138,7 +141,7 @@ def test_an_upload_name_in_the_url_cannot_leave_the_upload_directory():
 
 def test_an_unknown_tokenizer_in_the_url_is_an_error_not_a_traceback():
     at = app("projection", student="no-such-tokenizer", teacher="qwen2.5")
-    assert len(at.error) == 1 and "unknown tokenizer 'no-such-tokenizer'" in at.error[0].value
+    assert len(at.error) == 1 and "refused tokenizer 'no-such-tokenizer'" in at.error[0].value.replace("\\", "")
 
 
 # ---------------------------------------------------------------- Projection
@@ -212,9 +215,13 @@ def test_audit_recommends_pkl_when_the_teacher_splits_digits():
     reason = " ".join(m.value for m in at.markdown if m.value.startswith("**Why.**"))
     assert "multi_digit_numeral" in reason
     cats = {r[0]: r for r in table_cells(html_blocks(at, "xtok-audit")[0])}
-    assert cats["multi_digit_numeral"][1] == "yes"
+    assert "multi_digit_numeral" in cats and "math" not in cats  # critical ones apart from the others
+    assert "math" in {r[0] for r in table_cells(html_blocks(at, "xtok-audit-other")[0])}
     unmatched = table_cells(html_blocks(at, "xtok-unmatched")[0])
     assert unmatched and all(r[2] != "exact" for r in unmatched)
+    # the most frequent in the corpus first
+    counts = [int(r[4].replace(",", "") or 0) for r in unmatched]
+    assert counts == sorted(counts, reverse=True) and counts[0] > 0
 
 
 def test_audit_recommends_hkl_when_the_teacher_shares_numerals():
@@ -226,7 +233,7 @@ def test_audit_threshold_changes_the_recommendation():
     at = app("audit", student="qwen2.5", teacher="qwen3")
     at.slider[0].set_value(1.0).run()
     cats = {r[0]: r for r in table_cells(html_blocks(at, "xtok-audit")[0])}
-    below = any(c[1] == "yes" and c[4] not in ("—", "100.0%") for c in cats.values())
+    below = any(c[3] not in ("—", "100.0%") for c in cats.values())
     assert [m.value for m in at.metric if m.label == "Recommended loss"] == ["P-KL" if below else "H-KL"]
     assert [b.label for b in at.get("download_button")] == ["Markdown", "HTML", "JSON"]
 
@@ -241,9 +248,26 @@ def test_alignment_shows_every_group_and_the_graph():
     groups = table_cells(html_blocks(at, "xtok-groups")[0])
     assert len(groups) == len(al.groups)
     # Llama-3 has 3-digit number tokens, Qwen one token per digit
-    assert [(g[1], g[3], g[4]) for g in groups[:5]] == [
+    assert [(g[1], g[4], g[5]) for g in groups[:5]] == [
         ("1:n", "347", "3 4 7"), ("1:1", "·+", "·+"), ("1:1", "·", "·"), ("1:n", "128", "1 2 8"), ("1:1", "6", "6")]
     assert len(at.get("plotly_chart")) == 1
+    assert groups[0][2] == "[0, 3)"  # byte spans
+    differ = sum(g.kind not in ("1:1", "special") for g in al.groups)
+    assert {m.label: m.value for m in at.metric}["spans where they differ"] == str(differ) and differ > 0
+    assert at.query_params["text"] == text  # shareable
+
+
+def test_alignment_text_comes_from_the_link_and_long_texts_are_paged():
+    text = "Paid $1,234.56 on 2024-03-15. " * 40
+    at = app("alignment", text=text)
+    assert at.text_area(key="align_text").value == text
+    al = align_spans(text, load_tokenizer("llama-3.2"), load_tokenizer("qwen2.5"))
+    grid = [b for b in html_blocks(at, "xtok-grid") if b.startswith("<div")][0]
+    per_page = 150  # app_pages/alignment.py GROUPS_PER_PAGE
+    assert len(al.groups) > per_page and grid.count('class="xtok-col') == per_page
+    assert any(f"{len(al.groups) - per_page:,} groups are on other pages" in c.value for c in at.caption)
+    # every student chip links to its row of W
+    assert grid.count('href="projection?') == sum(len(g.student) for g in al.groups[:per_page])
 
 
 def test_alignment_shows_whitespace_and_split_bytes_visibly():
@@ -262,10 +286,10 @@ def _fake_run(root: Path, name: str, state: str, steps: int, pid: int | None = N
     (d / "config.json").write_text(json.dumps({"loss": "pkl", "student": "tiny:gpt2", "teachers": ["tiny:qwen2.5"]}))
     (d / "status.json").write_text(json.dumps({"state": state, **({"pid": pid} if pid else {})}))
     with open(d / "metrics.jsonl", "w") as f:
-        for i in range(1, steps + 1):
-            row = {"step": i, "loss": 5.0 / i, "kd": 3.0 / i, "ce": 2.0 / i, "lambda": 1.0, "lr": 1e-3}
-            if i % 5 == 0:
-                row["eval_accuracy"] = i / (steps * 2)
+        for i in range(steps):  # as the CLI writes them: step counts from 0
+            row = {"step": i, "loss": 5.0 / (i + 1), "kd": 3.0 / (i + 1), "ce": 2.0 / (i + 1), "lambda": 1.0, "lr": 1e-3}
+            if (i + 1) % 5 == 0:
+                row["eval_accuracy"] = (i + 1) / (steps * 2)
             f.write(json.dumps(row) + "\n")
         f.write('{"step": ')  # a line being written: skipped
     return d
@@ -280,7 +304,8 @@ def test_distill_preselects_the_audits_loss_and_lists_past_runs():
     runs_table = at.dataframe[0].value
     assert set(runs_table["run"]) == {"a-run", "b-run"}
     assert dict(zip(runs_table["run"], runs_table["state"])) == {"a-run": "finished", "b-run": "stopped"}
-    assert dict(zip(runs_table["run"], runs_table["step"])) == {"a-run": 10, "b-run": 4}
+    # steps done, as the CLI's "stopped at step N" counts them (metric lines count from step 0)
+    assert dict(zip(runs_table["run"], runs_table["steps done"])) == {"a-run": 10, "b-run": 4}
     # the newest run is followed; it has not evaluated yet, so its accuracy chart is a note
     assert at.selectbox(key="selected_run").value == "b-run"
     assert [c.key for c in at.get("plotly_chart")] == ["live_loss", "cmp_loss", "cmp_acc"]
@@ -332,7 +357,8 @@ def test_find_tokens_by_text_space_and_id():
 
     gpt2 = load_tokenizer("gpt2")
     got = find_tokens(gpt2, "2019")
-    assert [(m.token_id, m.how) for m in got[:3]] == [(23344, "text"), (13130, "text with a leading space"), (2019, "id")]
+    assert [(m.token_id, m.how) for m in got[:2]] == [(23344, "text"), (13130, "text with a leading space")]
+    assert 2019 not in [m.token_id for m in got]  # a numeral is text, never the token id
     assert find_tokens(gpt2, "·2019")[0].token_id == 13130
     assert [m.token_id for m in find_tokens(gpt2, "id:13130")] == [13130]
     assert find_tokens(gpt2, "id:99999999") == []
@@ -352,11 +378,14 @@ def test_the_run_form_launches_the_cli_with_the_chosen_settings():
     from xtok_app import runs
 
     at = app("distill", student="gpt2", teacher="qwen2.5")
+    assert at.number_input(key="f_steps").value == 300  # the CLI's default, from DistillConfig
+    assert at.slider(key="f_alpha").disabled and at.text_input(key="f_second_model").disabled
+    at.checkbox(key="f_second").check().run()  # outside the form: the second teacher's fields follow it
+    assert not at.slider(key="f_alpha").disabled and not at.text_input(key="f_second_model").disabled
     at.selectbox(key="f_loss").set_value("hkl")
     at.number_input(key="f_steps").set_value(3)
     at.checkbox(key="f_dynamic").uncheck()
     at.number_input(key="f_kdw").set_value(0.5)
-    at.checkbox(key="f_second").check()
     at.slider(key="f_alpha").set_value(0.25)
     at.checkbox(key="f_demo").uncheck()
     at.button[0].click()  # the form's submit button
@@ -393,3 +422,154 @@ def test_the_graph_draws_every_overlap_and_colours_a_group_alike_on_both_sides()
         colours = {student.marker.color[i] for i in grp.student} | {teacher.marker.color[j] for j in grp.teacher}
         assert len(colours) == 1
     assert len(set(student.marker.color)) > 1
+
+
+# ---------------------------------------------------------------- links cannot reach files or the network
+_WATCH: dict = {"on": False, "seen": []}
+
+
+def _hook(event, args):
+    if _WATCH["on"] and event in ("open", "os.stat", "os.listdir", "os.scandir", "socket.connect", "socket.getaddrinfo"):
+        _WATCH["seen"].append((event, str(args[0]) if args else ""))
+
+
+sys.addaudithook(_hook)  # audit hooks cannot be removed; this one records only while a test switches it on
+
+
+@pytest.mark.parametrize("source", ["/etc/passwd", "../../tmp/tokenizer.json", "meta-llama/Llama-3.2-1B", "~/.ssh"])
+def test_a_link_with_a_path_or_hub_id_is_refused_in_one_line_without_touching_them(source):
+    from xtok_app import state
+
+    with pytest.raises(XtokError) as e:  # the check itself: nothing opened, nothing resolved
+        _WATCH.update(on=True, seen=[])
+        try:
+            state.tokenizer(source)
+        finally:
+            _WATCH["on"] = False
+    touched = [s for s in _WATCH["seen"] if source.split("/")[-1] in s[1] or s[0].startswith("socket")]
+    assert not touched, touched
+    assert "\n" not in str(e.value) and "refused tokenizer" in str(e.value) and "XTOK_ALLOW_LOCAL=1" in str(e.value)
+    t0 = time.time()
+    at = app("projection", student=source, teacher="qwen2.5")
+    assert time.time() - t0 < 30  # no hub retries
+    errors = [x.value.replace("\\", "") for x in at.error]
+    assert len(errors) == 1 and "refused tokenizer" in errors[0]
+
+
+def test_local_paths_need_the_servers_option_even_from_the_pair_page(monkeypatch):
+    at = app()
+    assert not [t for t in at.text_input if t.key == "add_path"]  # off by default: no field
+    assert any("XTOK_ALLOW_LOCAL=1" in c.value for c in at.caption)
+    monkeypatch.setenv("XTOK_ALLOW_LOCAL", "1")
+    path = str(ASSETS / "gpt2" / "tokenizer.json.gz")
+    at = app()
+    at.text_input(key="add_path").set_value(path).run()
+    at.button(key="add_path_btn").click().run()
+    assert not at.error and at.session_state.student == path
+    # the same path from a link is still refused
+    at = app(student=path, teacher="qwen2.5")
+    assert len(at.error) == 1 and "refused tokenizer" in at.error[0].value
+
+
+# ---------------------------------------------------------------- Projection queries are text
+def test_a_numeral_that_is_no_single_token_says_so_and_links_its_pieces():
+    at = app("projection", token="2019")  # the default pair: Llama-3 has no 2019 token
+    warning = at.warning[0].value
+    assert "is not one llama-3.2 token" in warning
+    llama = load_tokenizer("llama-3.2")
+    pieces = html_blocks(at, "Student pieces")[0]
+    ids = llama.encode("2019").ids.tolist()
+    assert re.findall(r'href="projection\?[^"]*token=id%3A(\d+)"', pieces) == [str(i) for i in ids]
+    assert not html_blocks(at, "xtok-row")  # no row: never token id 2019
+
+
+def test_projection_opens_on_a_worked_example():
+    at = app("projection")
+    assert at.session_state.token == "123" and at.query_params["token"] == "123"
+    rows = table_cells(html_blocks(at, "xtok-row")[0])
+    assert [r[1] for r in rows] == ["1", "2", "3"]
+
+
+def test_a_query_with_markdown_characters_is_shown_literally():
+    from xtok_app.render import md_text
+
+    at = app("projection", token="a*b*c $1$")
+    assert md_text("a*b*c·$1$") in at.warning[0].value  # spaces show as ·, as everywhere in the app
+
+
+# ---------------------------------------------------------------- Vocabularies
+def test_vocabulary_overlap_matrix_and_token_lists():
+    from xtok_core.overlap import overlap_matrix, split_vocabularies
+
+    s, t = load_tokenizer("llama-3.2"), load_tokenizer("qwen2.5")
+    m = overlap_matrix([s, t])
+    assert m[0, 0] == m[1, 1] == 1.0
+    split = split_vocabularies(s, t)
+    t_bytes = {b for b, sp in zip(t.token_bytes, t.special.tolist()) if b and not sp}
+    # independent check of the split on a sample of ids
+    assert all(s.token_bytes[i] not in t_bytes for i in split.student_only[::500].tolist())
+    assert all(s.token_bytes[i] in t_bytes for i in split.both[::500].tolist())
+    n_regular = int(sum(1 for b, sp in zip(s.token_bytes, s.special.tolist()) if b and not sp))
+    assert len(split.student_only) + len(split.both) == n_regular
+    assert m[0, 1] == pytest.approx(len({s.token_bytes[i] for i in split.both}) / len({s.token_bytes[i] for i in np.r_[split.both, split.student_only]}))
+    at = app("vocabularies")
+    at.radio(key="vocab_side").set_value("only in the student").run()
+    at.selectbox(key="vocab_cat").set_value("multi_digit_numeral").run()
+    rows = table_cells(html_blocks(at, "xtok-vocab-tokens")[0])
+    assert rows and all(r[1].isdigit() and len(r[1]) > 1 for r in rows)  # Qwen splits every digit: all Llama numerals
+    block = html_blocks(at, "xtok-vocab-tokens")[0]
+    assert f'token=id%3A{rows[0][0]}" target="_self">{rows[0][0]}</a>' in block
+
+
+# ---------------------------------------------------------------- Distributions
+@pytest.mark.slow
+def test_distributions_page_on_the_real_teacher():
+    at = app("distributions")
+    assert at.selectbox(key="dist_teacher").value == "smollm2-135m-instruct"
+    assert at.selectbox(key="dist_student").value == "tiny:llama-3.2"
+    strip = table_cells(html_blocks(at, "xtok-strip")[0])
+    assert [r[0] for r in strip] == ["P-KL", "H-KL", "GOLD", "ULD", "unreachable mass"]
+    from xtok_app.state import converted_models
+
+    smollm2 = load_tokenizer(converted_models()["smollm2-135m-instruct"])  # the teacher's own tokenizer files
+    al = align_spans("347 + 1286 = 1633", load_tokenizer("llama-3.2"), smollm2)
+    bounds = sum(1 for a, b in zip(al.groups, al.groups[1:]) if len(a.student) and len(a.teacher) and len(b.student) and len(b.teacher)
+                 and a.kind not in ("special", "unaligned"))
+    assert all(len(r) == 1 + bounds for r in strip)  # one value per compared group
+    at.selectbox(key="dist_pos").set_value(2).run()
+    assert [c.key for c in at.get("plotly_chart")] == ["strip", "bars_teacher", "bars_student", "bars_projected"]
+    assert table_cells(html_blocks(at, "xtok-feeders")[0])
+
+
+# ---------------------------------------------------------------- Distill fixes
+def test_the_default_runs_folder_is_outside_the_apps_folder(monkeypatch, tmp_path):
+    from xtok_app import runs
+
+    monkeypatch.delenv("XTOK_RUNS_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert runs.runs_dir() == tmp_path / "data" / "xtok" / "runs"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert ROOT not in runs.runs_dir().resolve().parents  # Streamlit's file watcher never sees checkpoints
+
+
+def test_accuracy_axis_is_zero_to_one_and_a_random_teacher_run_has_no_demo_note():
+    import json as _json
+
+    root = Path(os.environ["XTOK_RUNS_DIR"])
+    _fake_run(root, "acc-run", "finished", 5)
+    at = app("distill")
+    spec = _json.loads([c for c in at.get("plotly_chart") if c.key == "live_acc"][0].proto.spec)
+    assert spec["layout"]["yaxis"]["range"] == [0, 1.02]
+    # a live run without metrics, launched with a random teacher: no "demo teacher is trained first" note
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        d = root / "zz-live"
+        d.mkdir()
+        (d / "launch.json").write_text(_json.dumps({"pid": proc.pid, "command": [
+            "python", "-m", "xtok_core", "distill", "--teacher", "tiny:qwen2.5", "--random-teacher", "--out", str(d)]}))
+        at = app("distill")
+        assert at.session_state.selected_run == "zz-live"
+        waiting = [c.value for c in at.caption if c.value.startswith("Waiting for the first step")]
+        assert waiting and "demo teacher" not in waiting[0]
+    finally:
+        proc.kill()

@@ -64,7 +64,7 @@ def server(tmp_path_factory):
             proc.kill()
             pytest.fail("streamlit did not start: " + (tmp / "streamlit.log").read_text(errors="replace")[-2000:])
         time.sleep(0.3)
-    yield {"url": url, "runs": tmp / "runs"}
+    yield {"url": url, "runs": tmp / "runs", "log": tmp / "streamlit.log"}
     # the server and any run it launched share nothing: runs have their own process groups
     for run in (tmp / "runs").glob("*/launch.json"):
         pid = json.loads(run.read_text())["pid"]
@@ -95,10 +95,16 @@ def new_page(browser):
 
 
 @pytest.fixture
-def page(chromium):
+def page(chromium, server):
+    """A page whose every request is recorded; at the end all of them went to this server."""
     browser = chromium()
-    yield new_page(browser)
+    pg = new_page(browser)
+    requests = []
+    pg.on("request", lambda r: requests.append(r.url))
+    yield pg
     browser.close()
+    outside = [u for u in requests if not u.startswith((server["url"], "data:", "blob:", "about:"))]
+    assert not outside, outside  # nothing the page loads leaves the machine (favicon, fonts, CDNs)
 
 
 def wait_idle(pg) -> None:
@@ -224,11 +230,25 @@ def _points(pg) -> int:
 
 
 def test_distill_run_live_curve_stop_and_reopen(server, chromium):
+    # a run that has written no metrics yet is listed without an Arrow error
+    empty = server["runs"] / "00000000-000000-no-metrics"
+    empty.mkdir(parents=True)
+    (empty / "status.json").write_text(json.dumps({"state": "failed", "error": "no metrics yet"}))
     first = chromium()
     pg = new_page(first)
     open_page(pg, server["url"] + f"/distill?{QUERY}", "Distill")
+    pg.get_by_text("New run", exact=True).click()  # folded: there are runs already
     # the audit's recommendation is preselected
     expect(pg.get_by_role("combobox", name=re.compile("^Loss"))).to_have_value("P-KL")
+    # the second teacher's fields follow their checkbox
+    alpha_box = pg.get_by_label(re.compile("^Second teacher"))
+    expect(alpha_box).to_be_disabled()
+    pg.get_by_text("Add a second teacher", exact=True).click()
+    wait_idle(pg)
+    expect(alpha_box).to_be_enabled()
+    pg.get_by_text("Add a second teacher", exact=True).click()
+    wait_idle(pg)
+    expect(alpha_box).to_be_disabled()
     pg.get_by_label("Steps", exact=True).fill("10")
     pg.get_by_text("More settings").click()
     pg.get_by_label("Batch size", exact=True).fill("2")
@@ -246,6 +266,13 @@ def test_distill_run_live_curve_stop_and_reopen(server, chromium):
     while _points(pg) == 0 and time.time() < deadline:
         pg.wait_for_timeout(1000)
     assert _points(pg) > 0, (run_dir / "app.log").read_text(errors="replace")[-1500:]
+    # the comparison (and the runs table, in the same fragment) follows the live run too
+    cmp_chart = pg.locator(".js-plotly-plot").last
+    n = cmp_chart.locator(".scatterlayer .trace .points path").count()
+    deadline = time.time() + 120
+    while cmp_chart.locator(".scatterlayer .trace .points path").count() <= n and time.time() < deadline:
+        pg.wait_for_timeout(1000)
+    assert cmp_chart.locator(".scatterlayer .trace .points path").count() > n
     shot(pg, "distill-running")
 
     # closing the browser does not end the run; another browser finds it and its curve
@@ -273,5 +300,153 @@ def test_distill_run_live_curve_stop_and_reopen(server, chromium):
         time.sleep(0.2)
     expect(pg2.get_by_text(re.compile(rf"{re.escape(run_dir.name)} · state (stopped|finished)"))).to_be_visible(timeout=30_000)
     expect(pg2.get_by_role("button", name="Stop run")).to_have_count(0)
+    # the steps counter says what the CLI says ("stopped at step N": N steps done)
+    done = pg2.locator('[data-testid="stMetric"]').filter(has_text="steps done").locator('[data-testid="stMetricValue"]')
+    expect(done).to_have_text(f"{status['step']} / 10")
     shot(pg2, "distill-stopped")
+    if status["state"] == "stopped":  # resume continues from the checkpoint to the end
+        pg2.get_by_role("button", name="Resume run").click()
+        expect(pg2.get_by_text(re.compile(rf"{re.escape(run_dir.name)} · state (running|finished)"))).to_be_visible()
+        deadline = time.time() + 240
+        while json.loads((run_dir / "status.json").read_text())["state"] != "finished" and time.time() < deadline:
+            time.sleep(1)
+        expect(pg2.get_by_text(re.compile(rf"{re.escape(run_dir.name)} · state finished"))).to_be_visible(timeout=30_000)
+        expect(done).to_have_text("10 / 10")
+        shot(pg2, "distill-resumed")
     second.close()
+    assert "ArrowTypeError" not in server["log"].read_text(errors="replace")
+
+
+def _fits(locator) -> bool:
+    """True when every matched element shows its whole text (nothing cut off with an ellipsis)."""
+    return all(locator.evaluate_all("els => els.map(e => e.scrollWidth <= e.clientWidth + 1)"))
+
+
+def test_what_a_new_user_trips_on(server, page):
+    from xtok_app.state import SAMPLE_CORPUS
+    from xtok_core import coverage_audit
+    from xtok_core.audit import pct
+    from xtok_core.corpus import sample_corpus
+
+    pg = page
+    # Pair: W's shape is shown whole
+    open_page(pg, server["url"] + "/", "Pair")
+    facts = pg.locator("table.xtok-wfacts td")
+    expect(facts.first).to_have_text("128,256 × 151,665")
+    assert _fits(facts) and _fits(pg.locator('[data-testid="stMetricValue"]'))
+    shot(pg, "pair-default")
+
+    # Projection opens on a worked example: a numeral whose row has several teacher pieces
+    nav(pg, "Projection")
+    expect(pg.get_by_label(re.compile("^Student token"))).to_have_value("123")
+    assert [r[1] for r in table_rows(pg, "xtok-row")] == ["1", "2", "3"]
+    shot(pg, "projection-default")
+    # 2019 is text: no single Llama-3 token, so the page says so and links each piece's row
+    box = pg.get_by_label(re.compile("^Student token"))
+    box.fill("2019")
+    box.press("Enter")
+    wait_idle(pg)
+    expect(pg.locator('[data-testid="stAlert"]').filter(has_text="2019 is not one llama-3.2 token")).to_be_visible()
+    expect(pg.locator("table.xtok-row")).to_have_count(0)  # never token id 2019 (' say')
+    llama = load_tokenizer("llama-3.2")
+    ids = llama.encode("2019").ids.tolist()
+    links = pg.locator("a.xtok-chip")
+    expect(links).to_have_count(len(ids))
+    shot(pg, "projection-not-a-token")
+    links.first.click()
+    expect(pg.locator("table.xtok-row")).to_be_visible()
+    assert query(pg)["token"] == f"id:{ids[0]}"
+    expect(pg.get_by_label(re.compile("^Student token"))).to_have_value(f"id:{ids[0]}")
+    # what a user types is shown as typed, never as Markdown
+    box = pg.get_by_label(re.compile("^Student token"))
+    box.fill("a*b*c $1$")
+    box.press("Enter")
+    wait_idle(pg)
+    alert = pg.locator('[data-testid="stAlert"]').filter(has_text="is not one llama-3.2 token")
+    expect(alert).to_contain_text("a*b*c·$1$")
+    assert alert.locator("em, .katex").count() == 0
+
+    # Audit: one rounding rule (the reports' truncation), counts that agree, the corpus named once
+    nav(pg, "Audit")
+    report = coverage_audit(llama, load_tokenizer("qwen2.5"), corpus=sample_corpus(), corpus_name=SAMPLE_CORPUS)
+    shown = {r[0]: r for r in table_rows(pg, "xtok-audit") + table_rows(pg, "xtok-audit-other")}
+    for c in report.categories.values():
+        if c.coverage is not None:
+            assert shown[c.name][3] == pct(c.coverage), c.name  # whitespace 99.765 %: 99.7 %, not 99.8 %
+    ts = report.teacher_side
+    expect(pg.get_by_text(f"of the {ts.tokens:,} regular teacher tokens (151,665 minus {151_665 - ts.tokens:,} special")).to_be_visible()
+    expect(pg.get_by_text(f"Corpus: {SAMPLE_CORPUS},")).to_be_visible()
+    assert "corpus: corpus" not in pg.content().lower()
+    shot(pg, "audit-default")
+
+    # Alignment: a zero-width joiner reads as the code point it is
+    from urllib.parse import quote
+
+    open_page(pg, server["url"] + "/alignment?text=" + quote("family 👨\u200d👩"), "Alignment")
+    expect(pg.locator(".xtok-student .xtok-chip").first).to_be_visible()
+    chips = " ".join(pg.locator(".xtok-chip").all_inner_texts())
+    assert "\\u200d" in chips and "\\x200d" not in chips
+
+
+@pytest.mark.parametrize("source", ["/etc/passwd", "meta-llama/Llama-3.2-1B"])
+def test_a_link_with_a_path_or_hub_id_is_refused_in_one_line(server, page, source):
+    from urllib.parse import quote
+
+    t0 = time.time()
+    pg = page
+    pg.goto(server["url"] + f"/projection?student={quote(source, safe='')}&teacher=qwen2.5")
+    alert = pg.locator('[data-testid="stAlert"]').filter(has_text="refused tokenizer")
+    expect(alert).to_be_visible()
+    assert len(alert.inner_text().strip().splitlines()) == 1 and source in alert.inner_text()
+    assert time.time() - t0 < 30  # no hub retries
+
+
+def test_vocabularies_page(server, page):
+    import csv
+    import io
+
+    pg = page
+    open_page(pg, server["url"] + "/vocabularies", "Vocabularies")
+    # the first visit loads every tokenizer (twelve, about a minute on two busy cores), then it is cached
+    expect(pg.locator(".js-plotly-plot")).to_have_count(1, timeout=180_000)
+    with pg.expect_download() as dl:
+        pg.get_by_role("button", name="Matrix · CSV").click()
+    rows = list(csv.reader(io.StringIO(Path(dl.value.path()).read_text())))
+    names = rows[0][1:]
+    assert "llama-3.2" in names and "qwen2.5" in names
+    assert all(float(rows[i + 1][i + 1]) == 1.0 for i in range(len(names)))  # the diagonal is 1
+    shot(pg, "vocabularies")
+    pg.get_by_text("only in the student", exact=True).click()
+    wait_idle(pg)
+    first = pg.locator("table.xtok-vocab-tokens tbody tr").first
+    sid, text = first.locator("td").nth(0).inner_text().strip(), first.locator("td").nth(1).inner_text().strip()
+    qwen = load_tokenizer("qwen2.5")
+    llama = load_tokenizer("llama-3.2")
+    assert qwen.id_of_bytes(llama.token_bytes[int(sid)]) is None  # really only in the student
+    first.locator("a").click()
+    expect(pg.locator("table.xtok-row")).to_be_visible()
+    assert query(pg)["token"] == f"id:{sid}"
+
+
+@pytest.mark.slow
+def test_distributions_page_with_the_real_teacher(server, page):
+    pg = page
+    open_page(pg, server["url"] + "/distributions", "Distributions")
+    expect(pg.locator("table.xtok-strip")).to_be_attached(timeout=180_000)
+    strip = pg.locator("table.xtok-strip tbody tr")
+    names = [r.locator("td").first.text_content().strip() for r in strip.all()]  # (in a folded expander)
+    assert names == ["P-KL", "H-KL", "GOLD", "ULD", "unreachable mass"]
+    from xtok_app.state import converted_models
+
+    al = align_spans("347 + 1286 = 1633", load_tokenizer("llama-3.2"), load_tokenizer(converted_models()["smollm2-135m-instruct"]))
+    bounds = sum(1 for a, b in zip(al.groups, al.groups[1:]) if len(a.student) and len(a.teacher) and len(b.student)
+                 and len(b.teacher) and a.kind not in ("special", "unaligned"))
+    assert all(r.locator("td").count() == 1 + bounds for r in strip.all())  # one value per compared group
+    box = pg.get_by_role("combobox", name="Position (or click the strip)")
+    box.click()
+    pg.get_by_role("option").nth(2).click()
+    wait_idle(pg)
+    expect(pg.locator(".js-plotly-plot")).to_have_count(4)  # the strip and three bar charts
+    expect(pg.locator(".js-plotly-plot").nth(1).locator(".bars path").first).to_be_attached()
+    expect(pg.locator("table.xtok-feeders tbody tr").first).to_be_visible()
+    shot(pg, "distributions")

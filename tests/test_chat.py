@@ -441,3 +441,108 @@ def test_one_cut_is_shared_by_the_student_and_every_teacher(chat_tok):
     assert all(len(C.render_chat(cut, t).ids) <= limit for t in toks)
     one_more = long[len(long) - len(cut) - 2:]
     assert any(len(C.render_chat(one_more, t).ids) > limit for t in toks)   # the cut is the smallest that fits
+
+
+def test_a_chat_step_trains_on_assistant_tokens_and_the_teacher_reads_its_own_template(tmp_path, chat_tok, projection):
+    from xtok_core.distill.chat_data import ChatBatches, chat_step
+    from xtok_core.losses import DistillLoss, Teacher
+    from xtok_core.models import build_tiny
+
+    student = build_tiny("tiny:llama-3.2", dim=32, layers=1, seed=0)
+    teacher = build_tiny("tiny:qwen2.5", dim=32, layers=1, seed=1)
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS))
+    torch.manual_seed(0)
+    st = chat_step(ChatBatches(f, batch_size=3, seed=0), 0, student, [teacher],
+                   same_tokenizer=lambda a, b: a.tok.sha256 == b.tok.sha256, n_on_policy=1, max_length=256,
+                   loss_on="assistant", max_new_tokens=8)
+    al = st.alignments[0]
+    assert st.n_sampled == 1 and st.rows == [0, 1, 2]
+    # CE: nothing on the student's own sample, the assistant tokens of the others
+    assert (st.labels[0] == -100).all()
+    for r in (1, 2):
+        tgt = al.student_target[r]
+        assert (st.labels[r][tgt] == st.student_ids[r][tgt]).all() and (st.labels[r][~tgt] == -100).all()
+    # the sampled row: the teacher reads its own template around the student's text
+    sampled = st.conversations[0]
+    t_chat = al.teacher_chats[0]
+    assert t_chat.text == C.render_chat(sampled, chat_tok("qwen2.5")).text
+    assert t_chat.text.startswith("<|im_start|>system\n") and t_chat.text.endswith("<|im_end|>\n")
+    n_t = len(t_chat.ids)
+    assert al.teacher_ids[0, :n_t].tolist() == t_chat.ids.tolist()
+    # the loss runs on these tensors: KD pairs only where the masks say
+    W = projection("llama-3.2", "qwen2.5", student_vocab_size=student.vocab_size, teacher_vocab_size=teacher.vocab_size)
+    loss_fn = DistillLoss([Teacher(W=W)])
+    with torch.no_grad():
+        zs = student.model(input_ids=st.student_ids, attention_mask=st.student_mask.long()).logits
+        zt = teacher.model(input_ids=al.teacher_ids, attention_mask=al.teacher_mask.long()).logits
+    loss, stats = loss_fn(zs, zt, al, input_ids=st.student_ids, attention_mask=st.student_mask, labels=st.labels)
+    assert torch.isfinite(loss) and stats["pairs/teacher0"] == float(al.kd_target.sum())
+
+
+# ----------------------------------------------------------------------------- runs on conversations
+def _chat_run_config(data, **kw):
+    from xtok_core.distill import DistillConfig
+
+    base = dict(student="tiny:llama-3.2", teachers=["tiny:qwen2.5"], train_demo_teacher=False, data=str(data),
+                steps=2, batch_size=3, seq_len=160, tiny_dim=32, tiny_layers=1, eval_every=0, checkpoint_every=50,
+                warmup=1, on_policy_ratio=0.34, max_new_tokens=6, device="cpu", heldout_fraction=0.0)
+    return DistillConfig(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_a_run_trains_on_conversations_with_kd_only_on_assistant_pairs(tmp_path):
+    from xtok_core.distill import run_distillation
+
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS))
+    res = run_distillation(_chat_run_config(f), tmp_path / "run", progress=False, log=lambda *a: None)
+    assert res.state == "finished" and len(res.metrics) == 2
+    for row in res.metrics:
+        assert np.isfinite(row["loss"]) and row["pairs/t0"] > 0
+    # the same batch aligned by hand: KD pairs are the assistant groups, fewer than with --loss-on all
+    from xtok_core.distill.chat_data import ChatBatches
+
+    convs, _ = ChatBatches(f, batch_size=3, seed=0)(0)
+    assistant = int(C.align_chat_batch(convs, "llama-3.2", "qwen2.5").kd_target.sum())
+    everything = int(C.align_chat_batch(convs, "llama-3.2", "qwen2.5", loss_on="all").kd_target.sum())
+    assert 0 < assistant < everything
+    res_all = run_distillation(_chat_run_config(f, loss_on="all", on_policy_ratio=0.0, steps=1), tmp_path / "all",
+                               progress=False, log=lambda *a: None)
+    res_off = run_distillation(_chat_run_config(f, on_policy_ratio=0.0, steps=1), tmp_path / "off",
+                               progress=False, log=lambda *a: None)
+    assert res_all.metrics[0]["pairs/t0"] == everything and res_off.metrics[0]["pairs/t0"] == assistant
+
+
+def test_a_run_on_conversations_needs_every_model_to_have_a_template(tmp_path):
+    from xtok_core.distill import run_distillation
+
+    cfg = _chat_run_config("chat", student="tiny:gpt2", steps=1)
+    with pytest.raises(XtokError, match=r"tiny:gpt2 .* no chat template.*--chat-template FILE") as e:
+        run_distillation(cfg, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert "\n" not in str(e.value)
+    t = tmp_path / "plain.jinja"
+    t.write_text("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token + '\n' }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    res = run_distillation(cfg.replace(chat_template=str(t), on_policy_ratio=0.0, eval_every=1, eval_size=4),
+                           tmp_path / "run2", progress=False, log=lambda *a: None)
+    assert res.state == "finished" and res.metrics[0]["pairs/t0"] > 0
+    assert np.isfinite(res.metrics[0]["eval_ce"])   # held out: the chat set's eval split, as plain content
+
+
+def test_held_out_conversations_are_never_trained_on(tmp_path):
+    from xtok_core.distill.chat_data import ChatBatches, chat_heldout_texts, split_chat_data
+
+    convs = chat_set("train")[:60]
+    f = tmp_path / "chat.jsonl"
+    f.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))
+    train, names, held = split_chat_data(f, 0.2)
+    assert held and len(train) + len(held) == 60 and not [c for c in held if c in train]
+    assert split_chat_data(f, 0.2)[2] == held    # the hash decides, not the order or the seed
+    f2 = tmp_path / "reversed.jsonl"
+    f2.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs[::-1]))
+    assert sorted(map(str, split_chat_data(f2, 0.2, seed=5)[2])) == sorted(map(str, held))
+    seen = [c for s in range(40) for c in ChatBatches(f, batch_size=3, seed=0, heldout_fraction=0.2)(s)[0]]
+    assert not [c for c in held if c in seen]
+    assert chat_heldout_texts(f, 0.2)[0] == "\n\n".join(m["content"] for m in held[0])
+    assert split_chat_data("chat")[2] == chat_set("eval")

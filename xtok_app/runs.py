@@ -19,13 +19,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xtok_core.distill.rundir import RunDir
+
 RUNS_ENV = "XTOK_RUNS_DIR"
 TERMINAL = ("finished", "failed", "stopped")
 
 
 def runs_dir() -> Path:
-    """Where runs live: `$XTOK_RUNS_DIR`, else `./runs`."""
-    return Path(os.environ.get(RUNS_ENV) or "runs").expanduser()
+    """Where runs live: `$XTOK_RUNS_DIR`, else `~/.local/share/xtok/runs` (`$XDG_DATA_HOME/xtok/runs`).
+    Never inside the app's folder: Streamlit's file watcher would watch every checkpoint written."""
+    if os.environ.get(RUNS_ENV):
+        return Path(os.environ[RUNS_ENV]).expanduser()
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data).expanduser() / "xtok" / "runs"
 
 
 def _read_json(path: Path) -> dict:
@@ -33,21 +39,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-
-
-def read_metrics(run: Path) -> list[dict]:
-    """Every complete line of `metrics.jsonl` (a line being written right now is skipped)."""
-    try:
-        raw = (Path(run) / "metrics.jsonl").read_text(encoding="utf-8")
-    except OSError:
-        return []
-    out = []
-    for line in raw.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -117,7 +108,12 @@ class Run:
         return (values if name == "teachers" else values[0]) if values else None
 
     def metrics(self) -> list[dict]:
-        return read_metrics(self.path)
+        return RunDir(self.path).read_metrics()
+
+    @property
+    def resumable(self) -> bool:
+        """Stopped, failed or killed with a checkpoint to continue from (`xtok distill --resume`)."""
+        return not self.running and self.state != "finished" and RunDir(self.path).latest_checkpoint() is not None
 
     def log_tail(self, n: int = 12) -> str:
         try:
@@ -128,7 +124,8 @@ class Run:
 
 def load_run(path: Path) -> Run:
     path = Path(path)
-    return Run(path, _read_json(path / "status.json"), _read_json(path / "config.json"), _read_json(path / "launch.json"))
+    rd = RunDir(path)
+    return Run(path, rd.read_status(), _read_json(rd.config_path), _read_json(path / "launch.json"))
 
 
 def list_runs(root: Path | None = None) -> list[Run]:
@@ -151,12 +148,15 @@ def new_run_dir(label: str, root: Path | None = None) -> Path:
     return path
 
 
-def launch_run(distill_args: list[str], out: Path) -> Run:
-    """Start `python -m xtok_core distill <distill_args> --out <out>` in its own process group."""
+def launch_run(distill_args: list[str], out: Path, *, resume: bool = False) -> Run:
+    """Start `python -m xtok_core distill <distill_args> --out <out>` (or `--resume <out>`) in its own
+    process group."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "xtok_core", "distill", *map(str, distill_args), "--out", str(out)]
+    cmd = [sys.executable, "-m", "xtok_core", "distill", *map(str, distill_args), "--resume" if resume else "--out", str(out)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if resume:  # the previous launch's pid is gone; a new one follows
+        (out / "launch.json").unlink(missing_ok=True)
     with open(out / "app.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env, close_fds=True)

@@ -14,6 +14,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+import sys
+from urllib.parse import urlencode
+
 import streamlit as st
 
 from xtok_core import DEFAULT_STUDENT, DEFAULT_TEACHER, XtokError, bundled_tokenizers, load_tokenizer
@@ -21,6 +24,67 @@ from xtok_core import DEFAULT_STUDENT, DEFAULT_TEACHER, XtokError, bundled_token
 UPLOAD_LIMIT_MB = 50  # also server.maxUploadSize in .streamlit/config.toml
 UPLOAD_PREFIX = "upload:"
 URL_KEYS = ("student", "teacher", "token")
+# Keys one page owns in the URL (kept on that page, dropped elsewhere).
+PAGE_URL_KEYS = {"alignment": ("text",)}
+URL_VALUE_LIMIT = 2_000  # characters taken from one URL value (the alignment text has its own, larger bound)
+ALLOW_LOCAL_ENV = "XTOK_ALLOW_LOCAL"
+ALLOW_LOCAL_ARG = "--allow-local"
+
+
+# ------------------------------------------------------------------ what a source may be
+def allow_local() -> bool:
+    """Local paths and hub ids (typed on the Pair page, never from a link) only when the server was
+    started with `XTOK_ALLOW_LOCAL=1` or `streamlit run app.py -- --allow-local`. Off by default: a
+    server others can reach must not open its own files or the network for them."""
+    return os.environ.get(ALLOW_LOCAL_ENV, "") == "1" or ALLOW_LOCAL_ARG in sys.argv[1:]
+
+
+def named_models() -> list[str]:
+    """Named real models (`xtok models`): a link may name them as models (Distributions page)."""
+    from xtok_core.models import REGISTRY
+
+    return list(REGISTRY)
+
+
+def model_spec_ok(spec: str) -> bool:
+    """A model a link may name: a named real model or `tiny:<bundled tokenizer>` (never a path)."""
+    return spec in named_models() or (spec.startswith("tiny:") and spec[5:] in bundled_tokenizers())
+
+
+def _named(source: str) -> bool:
+    from xtok_core.tok import ALIASES
+
+    return source in bundled_tokenizers() or source.lower() in ALIASES or source in named_models()
+
+
+def converted_models() -> dict[str, str]:
+    """Named models already converted on this machine (`xtok models`): name -> their directory."""
+    from xtok_core.models import cached_models
+
+    return {m["name"]: m["cache_dir"] for m in cached_models() if m.get("name") in named_models()}
+
+
+def matrix_sources() -> list[str]:
+    """Every tokenizer the Vocabularies page compares: bundled ones, then converted named models."""
+    return bundled_tokenizers() + sorted(converted_models())
+
+
+def check_source(source: str, *, local_ok: bool = False) -> None:
+    """Refuse, in one line and before anything is opened, a source that a link may not name: only
+    bundled names, named models and `upload:<hash>` pass; a local path or hub id passes only when it
+    came from the Pair page's own input (`local_ok`) on a server that allows them."""
+    if _named(source) or re.fullmatch(UPLOAD_PREFIX + r"[0-9a-f]{16}", source):
+        return
+    if local_ok and allow_local():
+        return
+    shown = source if len(source) <= 80 else source[:77] + "…"
+    if source.startswith(UPLOAD_PREFIX):
+        raise XtokError(f"uploaded tokenizer {shown[len(UPLOAD_PREFIX):]!r} is not on this server any more; "
+                        "upload the tokenizer.json again on the Pair page")
+    where = ("add it on the Pair page" if allow_local() else
+             f"start the server with {ALLOW_LOCAL_ENV}=1 and add it on the Pair page")
+    raise XtokError(f"refused tokenizer {shown!r}: a link names only bundled tokenizers ({', '.join(bundled_tokenizers())}) "
+                    f"or uploads, never a local path or hub id; {where}")
 
 
 # ------------------------------------------------------------------ sources
@@ -37,6 +101,12 @@ def source_path(source: str) -> str:
             if re.fullmatch(r"[0-9a-f]{16}", key) and (d / name).is_file():
                 return str(d / name)
         raise XtokError(f"uploaded tokenizer {key} is not on this server any more; upload the tokenizer.json again on the Pair page")
+    if source in named_models() and source not in bundled_tokenizers():
+        d = converted_models().get(source)
+        if d is None:
+            raise XtokError(f"model {source!r} is not converted on this server yet; run `xtok models` "
+                            f"(or load it once with xtok_core.load_model) and reload")
+        return d
     return source
 
 
@@ -74,13 +144,17 @@ def save_upload(filename: str, data: bytes) -> str:
 
 
 # ------------------------------------------------------------------ caches
+SAMPLE_CORPUS = "xtok's bundled sample corpus"
+
 @st.cache_resource(show_spinner=False)
 def _store() -> dict:
     return {"tok": {}, "w": {}, "audit": {}, "lock": threading.Lock()}
 
 
-def tokenizer(source: str):
-    """The Tok for a source, one object per content hash."""
+def tokenizer(source: str, *, local_ok: bool = False):
+    """The Tok for a source, one object per content hash; a source a link may not name is refused
+    first (`check_source`), without touching the file system or the network."""
+    check_source(source, local_ok=local_ok)
     tok = load_tokenizer(source_path(source))
     return _store()["tok"].setdefault(tok.sha256, tok)
 
@@ -127,27 +201,45 @@ def audit(student, teacher, w):
         from xtok_core import coverage_audit
         from xtok_core.corpus import sample_corpus
 
-        store["audit"][key] = coverage_audit(student, teacher, w, corpus=sample_corpus())
+        store["audit"][key] = coverage_audit(student, teacher, w, corpus=sample_corpus(), corpus_name=SAMPLE_CORPUS)
     return store["audit"][key]
 
 
 # ------------------------------------------------------------------ pair state and URL
 def init_state() -> None:
-    """On a session's first run, take the pair and token from the URL; then keep the URL in step."""
+    """On a session's first run, take the pair, the token and page-owned values from the URL (each
+    bounded); then keep the URL in step (`sync_url`, once the page is known)."""
     ss = st.session_state
     if "student" not in ss:
         qp = st.query_params
-        ss.student = qp.get("student") or DEFAULT_STUDENT
-        ss.teacher = qp.get("teacher") or DEFAULT_TEACHER
-        ss.token = qp.get("token") or ""
-    sync_url()
+        ss.student = (qp.get("student") or DEFAULT_STUDENT)[:URL_VALUE_LIMIT]
+        ss.teacher = (qp.get("teacher") or DEFAULT_TEACHER)[:URL_VALUE_LIMIT]
+        ss.token = (qp.get("token") or "")[:URL_VALUE_LIMIT]
+        ss.url_values = {k: qp.get(k) for keys in PAGE_URL_KEYS.values() for k in keys if qp.get(k)}
+        ss.local_sources = []
 
 
-def sync_url() -> None:
+def sync_url(page: str = "") -> None:
+    """The URL holds the pair, the token, and the keys the current page owns."""
     ss = st.session_state
     want = {k: ss[k] for k in URL_KEYS if ss.get(k)}
+    for k in PAGE_URL_KEYS.get(page, ()):
+        if k in st.query_params:
+            want[k] = st.query_params[k]
     if dict(st.query_params) != want:
         st.query_params.from_dict(want)
+
+
+def page_url(page: str, **extra) -> str:
+    """A link to `page` (its url_path) on the session's pair, e.g. `projection?…&token=id:12`."""
+    ss = st.session_state
+    q = {"student": ss.student, "teacher": ss.teacher, **{k: v for k, v in extra.items() if v is not None}}
+    return f"{page}?{urlencode(q)}"
+
+
+def row_url(token_id: int) -> str:
+    """A link to student token `token_id`'s row of W on the Projection page."""
+    return page_url("projection", token=f"id:{int(token_id)}")
 
 
 def sources() -> list[str]:
@@ -156,7 +248,7 @@ def sources() -> list[str]:
     for s in (st.session_state.get("student"), st.session_state.get("teacher")):
         if s and s not in bundled_tokenizers() and s not in extra:
             extra.append(s)
-    return bundled_tokenizers() + extra
+    return bundled_tokenizers() + [m for m in sorted(converted_models()) if m not in extra] + extra
 
 
 def add_source(source: str) -> None:
@@ -165,12 +257,32 @@ def add_source(source: str) -> None:
         extra.append(source)
 
 
+def add_local(source: str):
+    """A local path or hub id typed on the Pair page (only on a server that allows them): loaded,
+    remembered for this session, and returned as a Tok."""
+    if not allow_local():
+        raise XtokError(f"this server does not open local paths or hub ids; start it with {ALLOW_LOCAL_ENV}=1 "
+                        "(or `streamlit run app.py -- --allow-local`), or upload the tokenizer.json")
+    tok = tokenizer(source, local_ok=True)
+    local = st.session_state.setdefault("local_sources", [])
+    if source not in local:
+        local.append(source)
+    return tok
+
+
+def side_tokenizer(source: str):
+    ss = st.session_state
+    return tokenizer(source, local_ok=source in ss.get("local_sources", ()))
+
+
 def current_pair():
     """(student, teacher) Tok for the session's pair; a bad source stops the page with one line."""
+    from .render import md_text
+
     try:
-        return tokenizer(st.session_state.student), tokenizer(st.session_state.teacher)
+        return side_tokenizer(st.session_state.student), side_tokenizer(st.session_state.teacher)
     except XtokError as e:
-        st.error(str(e))
+        st.error(md_text(str(e)))
         st.page_link(PAGE_PAIR, label="Choose another pair on the Pair page")
         st.stop()
 

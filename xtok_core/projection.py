@@ -16,18 +16,17 @@ How a row is made, in order:
   4. padding  ids past the tokenizer (model logits padded past the vocabulary) and id holes map to
               the teacher's eos; padding columns stay empty.
 
-The build is batched: exact matches are one hash join over canonical bytes, only the remaining
-tokens are re-tokenized (one `encode_batch` per chunk), and the CSR is assembled with NumPy.
+The build is batched: exact matches are one hash join over canonical bytes (`Tok.bytes_index`), only
+the remaining tokens are re-tokenized (one `encode_batch` per chunk), and the CSR is assembled with NumPy.
+This module builds W; explanation.py explains a row with the same weight rule (`piece_weights`), and
+formats.py reads and writes its files.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,10 +114,15 @@ def _encode_bytes(teacher: Tok, byte_rows: list, byte_token: np.ndarray, unk: in
     return out, unmapped
 
 
+def piece_weights(pos: np.ndarray, base: float, decay: float) -> np.ndarray:
+    """The weight rule (SPEC §2.2): piece i (0-based) of a re-tokenization gets base * decay**i, float64."""
+    return base * decay ** pos.astype(np.float64)
+
+
 def _weigh(p: _Pieces, max_pieces: int, base: float, decay: float):
-    """Keep the first max_pieces pieces of each row, weight them base*decay**i (float64)."""
+    """Keep the first max_pieces pieces of each row, weight them by `piece_weights`."""
     keep = p.pos < max_pieces
-    return p.rows[keep], p.cols[keep], base * decay ** p.pos[keep].astype(np.float64)
+    return p.rows[keep], p.cols[keep], piece_weights(p.pos[keep], base, decay)
 
 
 def _per_token(owner: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -256,47 +260,6 @@ def build_projection(student, teacher, *, max_pieces: int = 4, top_k: int = 4, b
     return proj
 
 
-@dataclass
-class Piece:
-    teacher_id: int
-    text: str
-    bytes: bytes
-    weight: float
-
-    def to_dict(self):
-        return {"teacher_id": self.teacher_id, "text": self.text, "bytes": self.bytes.hex(" "), "weight": self.weight}
-
-
-@dataclass
-class RowExplanation:
-    """Why row `student_id` of W is what it is: the pass that made it, its pieces and the formula."""
-
-    student_id: int
-    student_text: str
-    student_bytes: bytes | None
-    kind: str
-    reason: str
-    pieces: list  # list[Piece]: the row's non-zeros, heaviest first
-    sequence: list = field(default_factory=list)  # teacher pieces in order, before weighting (re-tokenized rows)
-    formula: str = ""
-
-    def to_dict(self) -> dict:
-        return {"student_id": self.student_id, "student_text": self.student_text,
-                "student_bytes": None if self.student_bytes is None else self.student_bytes.hex(" "),
-                "kind": self.kind, "reason": self.reason, "pieces": [p.to_dict() for p in self.pieces],
-                "sequence": [p.to_dict() for p in self.sequence], "formula": self.formula}
-
-    def to_text(self) -> str:
-        lines = [f"student token {self.student_id} {self.student_text!r}  kind: {self.kind}", f"  why: {self.reason}"]
-        if self.sequence:
-            lines.append("  teacher pieces in order: " + " ".join(f"{p.text!r}" for p in self.sequence))
-        for p in self.pieces:
-            lines.append(f"  -> teacher {p.teacher_id:>7d} {p.text!r:14s} bytes [{p.bytes.hex(' ')}]  weight {p.weight:.5f}")
-        if self.formula:
-            lines.append(f"  formula: {self.formula}")
-        return "\n".join(lines)
-
-
 class Projection:
     """W plus what it was built from. See the module docstring and docs/CONTRACTS.md."""
 
@@ -384,218 +347,54 @@ class Projection:
                 raise XtokError(f"{side} logits have {width:,} entries but W has {size:,} {side} {'rows' if side == 'student' else 'columns'}; "
                                 f"rebuild W with --{side}-vocab-size {width}")
 
-    # ------------------------------------------------------------------ explain
-    def explain(self, s: int) -> RowExplanation:
-        cols, vals = self.row(s)
-        st, tt = self.student, self.teacher
-        name = (lambda i: tt.token_text(int(i))) if tt else (lambda i: f"#{int(i)}")
-        tbytes = (lambda i: tt.token_bytes[int(i)] or b"") if tt else (lambda i: b"")
-        pieces = [Piece(int(c), name(c), tbytes(c), float(v)) for c, v in zip(cols, vals)]
-        kind = self.kind(s)
-        sbytes = st.token_bytes[s] if st and s < st.vocab_size else None
-        stext = st.token_text(s) if st and s < st.vocab_size else f"<padding {s}>" if s >= (st.vocab_size if st else 0) else f"#{s}"
-        p = self.params
-        sequence, formula = [], ""
-        if kind == "exact":
-            reason = f"exact-match pass: the teacher has a token with the same bytes {sbytes!r}, so W[{s}, {pieces[0].teacher_id}] = 1"
-            formula = "weight 1 (no re-tokenization)"
-        elif kind in ("retokenized", "truncated", "unmapped"):
-            n = int(self.n_pieces[s])
-            if tt is not None and sbytes is not None:
-                try:
-                    ids = tt.retokenize_batch([sbytes.decode("utf-8")])[0]
-                    sequence = [Piece(int(i), name(i), tbytes(i), float(p["base"] * p["decay"] ** k) if k < p["max_pieces"] else 0.0)
-                                for k, i in enumerate(ids)]
-                except UnicodeDecodeError:
-                    sequence = []
-            reason = (f"re-tokenize pass: no teacher token has the bytes {sbytes!r}; the teacher splits them into {n} piece"
-                      f"{'s' if n != 1 else ''}")
-            if kind == "truncated":
-                reason += f", more than max_pieces={p['max_pieces']}: only the first {p['max_pieces']} are kept"
-            if kind == "unmapped":
-                reason += "; some bytes have no teacher token, they map to the teacher's unk"
-            formula = self._formula(sequence, pieces) if sequence else \
-                f"w_i = {p['base']}·{p['decay']}^i for the first {p['max_pieces']} pieces, summed per column, top {p['top_k']} kept, normalised"
-        elif kind == "special":
-            role = next((r for r in ROLE_ORDER if st and st.roles.get(r) == s), None)
-            target = pieces[0].text if pieces else "?"
-            if self.role_matched[s]:
-                reason = f"special token matched by role: {role} -> the teacher's {role} {target!r}"
-            elif role:
-                reason = f"special token with role {role}, which the teacher lacks: mapped to the teacher's eos {target!r} (flagged)"
-            else:
-                reason = f"special token with no shared role: mapped to the teacher's eos {target!r} (flagged)"
-            formula = "weight 1 (by role, not by string)"
-        else:
-            reason = f"padding row: id {s} is past the student tokenizer or unused; mapped to the teacher's eos"
-            formula = "weight 1"
-        return RowExplanation(s, stext, sbytes, kind, reason, pieces, sequence, formula)
+    # ------------------------------------------------------------------ explain (explanation.py)
+    def explain(self, s: int) -> "RowExplanation":
+        from .explanation import explain_row
 
-    def _formula(self, sequence: list, pieces: list) -> str:
-        p = self.params
-        kept = [q for q in sequence[: p["max_pieces"]]]
-        total = sum(q.weight for q in kept)
-        parts = []
-        for piece in pieces:
-            raw = [q.weight for q in kept if q.teacher_id == piece.teacher_id]
-            num = " + ".join(f"{w:g}" for w in raw) if raw else "?"
-            parts.append(f"{piece.text!r} = ({num})/{total:g} = {piece.weight:.5f}" if len(raw) > 1 else
-                         f"{piece.text!r} = {num}/{total:g} = {piece.weight:.5f}")
-        head = f"w_i = {p['base']:g}·{p['decay']:g}^i for pieces i = 0..{min(len(sequence), p['max_pieces']) - 1}"
-        if len(kept) < len(pieces) or len(pieces) < len({q.teacher_id for q in kept}):
-            head += f", top {p['top_k']} columns kept"
-        return head + "; repeated pieces share a column; normalised: " + ", ".join(parts)
+        return explain_row(self, s)
 
-    # ------------------------------------------------------------------ files
+    # ------------------------------------------------------------------ files (formats.py)
     def _metadata(self) -> dict:
-        return {"format": "xtok-projection", "format_version": FORMAT_VERSION, "xtok_version": self.xtok_version,
-                "student": {"name": self.student_name, "sha256": self.student_sha256, "vocab_size": self.shape[0]},
-                "teacher": {"name": self.teacher_name, "sha256": self.teacher_sha256, "vocab_size": self.shape[1]},
-                "params": self.params, "kinds": list(KINDS)}
+        from . import formats
+
+        return formats.metadata(self)
 
     def save(self, path) -> Path:
         """safetensors: indptr, indices, data, kinds, n_pieces, role_matched + one canonical JSON metadata key."""
-        from safetensors.numpy import save_file
+        from . import formats
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        m = self.matrix
-        tensors = {"indptr": m.indptr.astype(np.int64), "indices": m.indices.astype(np.int32), "data": m.data.astype(np.float32),
-                   "kinds": self.kinds.astype(np.uint8), "n_pieces": self.n_pieces.astype(np.int16),
-                   "role_matched": self.role_matched.astype(np.uint8)}
-        meta = json.dumps(self._metadata(), sort_keys=True, separators=(",", ":"))
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata={"xtok": meta})
-        os.replace(tmp, path)
-        return path
+        return formats.save(self, path)
 
     @classmethod
     def load(cls, path, student=None, teacher=None) -> "Projection":
         """Load a W saved by `save`; with tokenizers given, their hashes must match the file's."""
-        from safetensors import safe_open
+        from . import formats
 
-        path = Path(path)
-        if not path.is_file():
-            raise XtokError(f"W file {path} does not exist; build one with xtok build-w --student S --teacher T --out {path}")
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = json.loads((f.metadata() or {})["xtok"])
-                arrays = {k: f.get_tensor(k) for k in ("indptr", "indices", "data", "kinds", "n_pieces", "role_matched")}
-        except Exception as e:  # noqa: BLE001 - truncated, not safetensors, or not ours
-            reason = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
-            raise XtokError(f"{path} is not a readable xtok W file ({reason}); rebuild it with xtok build-w") from None
-        if meta.get("format") != "xtok-projection" or meta.get("format_version", 0) > FORMAT_VERSION:
-            raise XtokError(f"{path} has format {meta.get('format')} v{meta.get('format_version')}, this xtok reads v{FORMAT_VERSION}; "
-                            f"rebuild it with this xtok's build-w")
-        V_s, V_t = meta["student"]["vocab_size"], meta["teacher"]["vocab_size"]
-        ip, ix, d = arrays["indptr"], arrays["indices"], arrays["data"]
-        if len(ip) != V_s + 1 or ip[-1] != len(ix) or len(ix) != len(d) or (len(ix) and ix.max() >= V_t) or len(arrays["kinds"]) != V_s:
-            raise XtokError(f"{path} is inconsistent (array sizes do not match a {V_s:,} x {V_t:,} W); rebuild it with xtok build-w")
-        s = load_tokenizer(student) if student is not None else None
-        t = load_tokenizer(teacher) if teacher is not None else None
-        proj = cls(sp.csr_array((d, ix, ip), shape=(V_s, V_t)), arrays["kinds"], arrays["n_pieces"],
-                   arrays["role_matched"].astype(bool), params=meta["params"], student_name=meta["student"]["name"],
-                   teacher_name=meta["teacher"]["name"], student_sha256=meta["student"]["sha256"],
-                   teacher_sha256=meta["teacher"]["sha256"], xtok_version=meta.get("xtok_version"))
-        proj.check_tokenizers(s, t)
-        proj.student, proj.teacher = s, t
-        return proj
+        return formats.load(cls, path, student, teacher)
 
     def to_nemo(self) -> dict:
         """NeMo-RL's top-k layout: indices / likelihoods (V_s, top_k), heaviest first, -1 / 0 padding."""
-        import torch
+        from . import formats
 
-        m = self.matrix
-        k = max(int(np.diff(m.indptr).max(initial=0)), 1)
-        counts = np.diff(m.indptr)
-        rows = np.repeat(np.arange(m.shape[0]), counts)
-        order = np.lexsort((m.indices, -m.data, rows))
-        slot = np.arange(len(order)) - np.repeat(m.indptr[:-1], counts)
-        idx = np.full((m.shape[0], k), -1, dtype=np.int64)
-        lik = np.zeros((m.shape[0], k), dtype=np.float32)
-        idx[rows, slot] = m.indices[order]
-        lik[rows, slot] = m.data[order]
-        # NeMo-RL reads indices/likelihoods; the xtok_* entries let xtok restore row kinds exactly.
-        return {"indices": torch.from_numpy(idx), "likelihoods": torch.from_numpy(lik),
-                "xtok_metadata": json.dumps(self._metadata(), sort_keys=True),
-                "xtok_kinds": torch.from_numpy(self.kinds.astype(np.uint8)),
-                "xtok_n_pieces": torch.from_numpy(self.n_pieces.astype(np.int16)),
-                "xtok_role_matched": torch.from_numpy(self.role_matched.astype(np.bool_))}
+        return formats.to_nemo(self)
 
     def save_nemo(self, path) -> Path:
-        import torch
+        from . import formats
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.to_nemo(), str(path))
-        return path
+        return formats.save_nemo(self, path)
 
     @classmethod
     def load_nemo(cls, path, student, teacher) -> "Projection":
         """Import a NeMo-RL top-k `.pt` (a plain tensor dict; pickled objects are refused)."""
-        import pickle
+        from . import formats
 
-        import torch
-
-        s, t = load_tokenizer(student), load_tokenizer(teacher)
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise XtokError(f"{path} holds pickled Python objects, which xtok refuses to load; export it as a plain tensor dict "
-                            f"(indices, likelihoods)") from None
-        except Exception as e:  # noqa: BLE001
-            raise XtokError(f"{path} is not a readable torch file ({type(e).__name__}); re-export it from NeMo-RL") from None
-        if not isinstance(obj, dict) or "indices" not in obj or "likelihoods" not in obj:
-            raise XtokError(f"{path} has no 'indices' and 'likelihoods' tensors; pass a NeMo-RL projection file")
-        idx, lik = obj["indices"].numpy().astype(np.int64), obj["likelihoods"].float().numpy()
-        V_s = idx.shape[0]
-        V_t = t.vocab_size
-        if isinstance(obj.get("xtok_metadata"), str):
-            V_t = json.loads(obj["xtok_metadata"])["teacher"]["vocab_size"]
-        if V_s < s.vocab_size:
-            raise XtokError(f"{path} has {V_s:,} rows but student {s.name} has {s.vocab_size:,} ids; pass the student it was built for")
-        keep = (idx >= 0) & (lik > 0)
-        rows = np.repeat(np.arange(V_s), keep.sum(1))
-        matrix = _assemble(rows, idx[keep], lik[keep].astype(np.float64), V_s, max(V_t, int(idx.max(initial=0)) + 1), idx.shape[1],
-                           normalise=False)
-        kinds = np.full(V_s, RETOKENIZED, dtype=np.uint8)
-        kinds[s.vocab_size:] = PADDING
-        kinds[: s.vocab_size][s.holes] = PADDING
-        kinds[: s.vocab_size][s.special] = SPECIAL
-        # a single weight-1 column that the exact-match pass would pick (the teacher's bytes index)
-        single = np.diff(matrix.indptr) == 1
-        top = np.where(single, matrix.indices[np.minimum(matrix.indptr[:-1], max(matrix.nnz - 1, 0))], -1)[: s.vocab_size]
-        exact_col = t.ids_of_bytes(b"" if b is None else b for b in s.token_bytes)
-        kinds[: s.vocab_size][single[: s.vocab_size] & (kinds[: s.vocab_size] == RETOKENIZED) & (top == exact_col)] = EXACT
-        params = dict(max_pieces=idx.shape[1], top_k=idx.shape[1], base=0.9, decay=0.1, reverse_pass=False,
-                      student_vocab_size=V_s, teacher_vocab_size=matrix.shape[1], imported_from="nemo-rl")
-        n_pieces = np.where(kinds == EXACT, 1, np.diff(matrix.indptr)).astype(np.int16)
-        role_matched = np.zeros(V_s, bool)
-        if isinstance(obj.get("xtok_kinds"), torch.Tensor) and obj["xtok_kinds"].shape == (V_s,):
-            kinds = obj["xtok_kinds"].numpy().astype(np.uint8)
-            n_pieces = obj["xtok_n_pieces"].numpy().astype(np.int16)
-            role_matched = obj["xtok_role_matched"].numpy().astype(bool)
-            params.update(json.loads(obj["xtok_metadata"])["params"])
-        return cls(matrix, kinds, n_pieces, role_matched,
-                   params=params, student_name=s.name, teacher_name=t.name, student_sha256=s.sha256, teacher_sha256=t.sha256,
-                   student=s, teacher=t)
+        return formats.load_nemo(cls, path, student, teacher)
 
     def to_csv(self, target=None) -> str | None:
         """One line per non-zero: student_id, student_text, kind, teacher_id, teacher_text, weight."""
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["student_id", "student_text", "kind", "teacher_id", "teacher_text", "weight"])
-        m = self.matrix
-        rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-        stext = (lambda i: self.student.token_text(i) if i < self.student.vocab_size else "") if self.student else (lambda i: "")
-        ttext = (lambda i: self.teacher.token_text(i) if i < self.teacher.vocab_size else "") if self.teacher else (lambda i: "")
-        names = self.kind_names()
-        w.writerows((int(r), stext(int(r)), names[r], int(c), ttext(int(c)), f"{v:.6g}")
-                    for r, c, v in zip(rows.tolist(), m.indices.tolist(), m.data.tolist()))
-        if target is None:
-            return buf.getvalue()
-        if hasattr(target, "write"):
-            target.write(buf.getvalue())
-        else:
-            Path(target).write_text(buf.getvalue(), encoding="utf-8")
-        return None
+        from . import formats
+
+        return formats.to_csv(self, target)
+
+
+from .explanation import Piece, RowExplanation  # noqa: E402,F401 (explanation.py uses this module's weight rule)

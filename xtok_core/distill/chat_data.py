@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import align_chat_batch, chat_template_of, check_messages, check_trainable, fit_conversations
@@ -70,12 +71,36 @@ def read_chat_data(spec, seed: int = 0) -> tuple[list, list]:
     return convs, names
 
 
+def split_chat_data(spec, heldout_fraction: float = 0.0, seed: int = 0) -> tuple[list, list, list]:
+    """(train conversations, their names, held-out conversations). The bundled set has its own held-out
+    split (`chat:eval`); a file's conversations are held out by the hash of their JSON, as text documents
+    are (`data.split_heldout`), so the split does not depend on the file's order or the seed."""
+    from .data import split_heldout
+
+    convs, names = read_chat_data(spec, seed)
+    if str(spec) in BUNDLED:
+        return convs, names, (read_chat_data("chat:eval", seed)[0] if str(spec) != "chat:eval" else [])
+    keys = [json.dumps(c, sort_keys=True, ensure_ascii=False) for c in convs]
+    _, held_keys = split_heldout(keys, heldout_fraction)
+    held = set(held_keys)
+    train = [(c, n) for c, n, k in zip(convs, names, keys) if k not in held]
+    return [c for c, _ in train], [n for _, n in train], [c for c, k in zip(convs, keys) if k in held]
+
+
+def chat_heldout_texts(spec, heldout_fraction: float = 0.0, seed: int = 0) -> list:
+    """The held-out conversations as plain text (their contents, blank-line separated): what the run's
+    held-out CE reads, the same text for every tokenizer."""
+    return ["\n\n".join(m["content"] for m in c) for c in split_chat_data(spec, heldout_fraction, seed)[2]]
+
+
 class ChatBatches:
     """Deterministic batches of conversations: step `s` on rank `r` of `w` reads conversations
-    `(s * w + r) * B ... + B` of the epoch's shuffled order (seeded), like `TextBatches`."""
+    `(s * w + r) * B ... + B` of the epoch's shuffled order (seeded), like `TextBatches`; held-out
+    conversations (`split_chat_data`) are never trained on."""
 
-    def __init__(self, spec, batch_size: int, seed: int, rank: int = 0, world: int = 1, fixed: bool = False):
-        self.conversations, self.names = read_chat_data(spec, seed)
+    def __init__(self, spec, batch_size: int, seed: int, rank: int = 0, world: int = 1, fixed: bool = False,
+                 heldout_fraction: float = 0.0):
+        self.conversations, self.names, _ = split_chat_data(spec, heldout_fraction, seed)
         self.batch_size, self.seed, self.rank, self.world, self.fixed = batch_size, seed, rank, world, fixed
         self._orders: dict = {}
 
@@ -132,3 +157,50 @@ def chat_views(conversations, names, student, teachers, *, max_length: int, loss
                               teacher_template=tt, names=kept_names)
              for t, tt in zip(teachers, templates[1:])]
     return views, fitted, rows
+
+
+def chat_step(batches: ChatBatches, step: int, student, teachers, *, same_tokenizer, n_on_policy: int, max_length: int,
+              loss_on: str, chat_template=None, max_new_tokens: int = 64, temperature: float = 1.0, device=None,
+              autocast=None):
+    """One step's conversations as a `ChatStep`: alignments per teacher (None for a teacher with the
+    student's tokenizer), the student's ids, mask and CE labels, the conversations as trained.
+
+    The first `n_on_policy` conversations get their last assistant turn written by the student; CE then
+    skips those rows (the student's own text is no target), KD keeps them."""
+    import torch
+    from contextlib import nullcontext
+
+    from ..chat import align_chat_batch, on_policy_conversations
+
+    convs, names = batches(step)
+    if n_on_policy:
+        with autocast or nullcontext():
+            convs[:n_on_policy] = on_policy_conversations(
+                student.model, student.tok, convs[:n_on_policy], max_new_tokens=max_new_tokens, temperature=temperature,
+                chat_template=template_for(student.tok, chat_template), device=device, names=names[:n_on_policy])
+    cross = [t for t in teachers if not same_tokenizer(student, t)]
+    views, fitted, rows = chat_views(convs, names, student, cross, max_length=max_length, loss_on=loss_on,
+                                     chat_template=chat_template)
+    if not views:  # no teacher to align: the student's own rendering and masks
+        st = template_for(student.tok, chat_template)
+        views_s = align_chat_batch(fitted, student.tok, student.tok, loss_on=loss_on, student_template=st,
+                                   teacher_template=st, names=[names[i] for i in rows])
+    else:
+        views_s = views[0]
+    it = iter(views)
+    alignments = [None if same_tokenizer(student, t) else next(it).to(device) for t in teachers]
+    sampled = torch.tensor([r < n_on_policy for r in rows])
+    labels = views_s.labels.masked_fill(sampled[:, None], -100)
+    return ChatStep(alignments, views_s.student_ids.to(device), views_s.student_mask.to(device), labels.to(device),
+                    fitted, rows, int(sampled.sum()))
+
+
+@dataclass
+class ChatStep:
+    alignments: list        # per teacher: ChatBatch, or None for a teacher with the student's tokenizer
+    student_ids: object     # (B, T_s) long
+    student_mask: object    # (B, T_s) bool
+    labels: object          # (B, T_s) long: CE on trained tokens of corpus rows, -100 elsewhere
+    conversations: list     # the conversations as rendered (cut to fit; on-policy turns written by the student)
+    rows: list              # index in the step's batch of each row
+    n_sampled: int          # rows whose last assistant turn the student wrote

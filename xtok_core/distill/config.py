@@ -68,10 +68,14 @@ class DistillConfig:
 
     # data
     data: str | None = opt(None, "training text: .txt (documents separated by blank lines), .jsonl with a text field, "
-                           ".parquet or .csv with a text column (default: the generated corpus)")
+                           ".parquet or .csv with a text column (default: the generated corpus); conversations: "
+                           "chat (the bundled chat set) or a .jsonl whose rows have messages")
     text_field: str = opt("text", "field or column of --data holding the text")
     heldout_fraction: float = opt(0.02, "share of --data documents held out for evaluation (chosen by a hash of the "
                                   "text, so the split never depends on the order or the seed)")
+    loss_on: str = opt("assistant", "conversations (--data chat or a .jsonl with messages): CE and KD on the "
+                       "assistant's content and end-of-turn tokens, or on the whole rendering", choices=("assistant", "all"))
+    chat_template: str | None = opt(None, "conversations: a .jinja chat template for models whose tokenizer has none")
     corpus_lines: int = opt(20_000, "generated training texts (when no --data)")
     text_chars: int = opt(200, "texts are packed into examples of about this many characters")
     fixed_batch: bool = opt(False, "train on one batch (an overfit check)")
@@ -123,6 +127,8 @@ class DistillConfig:
             raise XtokError(f"--on-policy-ratio {self.on_policy_ratio} is outside [0, 1]; pass a fraction")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise XtokError(f"--heldout-fraction {self.heldout_fraction} is outside [0, 1); pass a fraction")
+        if self.loss_on not in ("assistant", "all"):
+            raise XtokError(f"unknown --loss-on {self.loss_on!r}; pass assistant or all")
         if self.steps < 1 or self.batch_size < 1 or self.log_every < 1:
             raise XtokError("--steps, --batch-size and --log-every must be at least 1")
 

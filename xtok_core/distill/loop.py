@@ -33,6 +33,7 @@ from ..errors import XtokError
 from ..integrations.collator import CrossTokenizerCollator
 from ..losses import host_stats
 from .config import DistillConfig
+from .chat_data import ChatBatches, chat_heldout_texts, chat_step, check_templates, is_chat_data
 from .data import (TextBatches, decode_samples, pack_examples, read_documents, sample_continuations, split_heldout,
                    split_prompt, window_documents)
 from .evaluate import arithmetic_accuracy, heldout_metrics
@@ -118,6 +119,8 @@ def prepare(cfg: DistillConfig, *, log: Callable = print, documents: list | None
 def _texts(cfg: DistillConfig, student: LoadedModel, documents: list | None) -> tuple[list | None, list]:
     """(training windows or None for the generated corpus, held-out texts). --data documents are split by
     their hash, then windowed to the context (seq_len - 1 student tokens: room for bos)."""
+    if is_chat_data(cfg.data):  # conversations train through chat_data; held out: their content as text
+        return None, chat_heldout_texts(cfg.data, cfg.heldout_fraction, cfg.seed)[:cfg.eval_size]
     if cfg.data is None:
         from ..corpus import generate_corpus
 
@@ -230,7 +233,8 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
     rank, world, device = _distributed(cfg)
     main = rank == 0
     # user data is read and checked before the run directory exists: a bad file leaves nothing behind
-    documents = read_documents(cfg.data, cfg.text_field) if cfg.data and not resume and prepared is None else None
+    chat = is_chat_data(cfg.data)  # conversations (rows with messages): read by chat_data, checked there
+    documents = read_documents(cfg.data, cfg.text_field) if cfg.data and not chat and not resume and prepared is None else None
     run = RunDir(out)
     if main and resume:
         run.write_config(cfg.to_dict())  # a resumed run may have a new step target
@@ -270,8 +274,16 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                 run.truncate_metrics(step - 1)
         elif resume and main:
             run.truncate_metrics(-1)
-        batches = TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch,
-                              examples=prep.train_texts)
+        if chat:  # conversations: each model renders them with its own chat template
+            if caches:
+                raise XtokError("--teacher-cache stores teachers on plain text; conversations need each teacher on its "
+                                "own rendering: drop --teacher-cache for chat --data")
+            check_templates([student, *teachers], cfg.chat_template)
+            batches = ChatBatches(cfg.data, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch,
+                                  heldout_fraction=cfg.heldout_fraction)
+        else:
+            batches = TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size, cfg.seed, rank, world, cfg.fixed_batch,
+                                  examples=prep.train_texts)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         n_on_policy = round(cfg.on_policy_ratio * cfg.batch_size)
         collator = CrossTokenizerCollator(student, teachers, max_length=cfg.seq_len)
@@ -289,20 +301,27 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * lr_scale
             # -- 1. the text of this step: corpus, with some rows replaced by student samples --
-            texts = batches(step)
-            if n_on_policy:
-                prompts = [split_prompt(t) for t in texts[:n_on_policy]]
-                with autocast:
-                    cont = sample_continuations(student.model, student.tok, prompts, max_new_tokens=cfg.max_new_tokens,
-                                                temperature=cfg.sample_temperature, max_length=cfg.seq_len, device=device)
-                texts[:n_on_policy] = decode_samples(student.tok, prompts, cont)
-            # -- 2. every tokenizer encodes the same text; other tokenizers are aligned to the student --
-            # (the collator the Hugging Face Trainer uses; CE only on corpus rows: the student's own samples
-            # are not targets to imitate)
-            batch = collator.encode(texts, ce_rows=torch.arange(len(texts)) >= n_on_policy)
-            alignments = [a if a is None else a.to(device) for a in CrossTokenizerCollator.alignments(batch)]
-            s_ids, s_mask = batch["input_ids"].to(device), batch["attention_mask"].bool().to(device)
-            labels = batch["labels"].to(device)
+            if chat:  # conversations: the same steps 1-2, with templates, loss masks and student-written turns
+                cs = chat_step(batches, step, student, teachers, same_tokenizer=_same_tokenizer, n_on_policy=n_on_policy,
+                               max_length=cfg.seq_len, loss_on=cfg.loss_on, chat_template=cfg.chat_template,
+                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature, device=device,
+                               autocast=autocast)
+                alignments, s_ids, s_mask, labels, texts = cs.alignments, cs.student_ids, cs.student_mask, cs.labels, cs.rows
+            else:
+                texts = batches(step)
+                if n_on_policy:
+                    prompts = [split_prompt(t) for t in texts[:n_on_policy]]
+                    with autocast:
+                        cont = sample_continuations(student.model, student.tok, prompts, max_new_tokens=cfg.max_new_tokens,
+                                                    temperature=cfg.sample_temperature, max_length=cfg.seq_len, device=device)
+                    texts[:n_on_policy] = decode_samples(student.tok, prompts, cont)
+                # -- 2. every tokenizer encodes the same text; other tokenizers are aligned to the student --
+                # (the collator the Hugging Face Trainer uses; CE only on corpus rows: the student's own samples
+                # are not targets to imitate)
+                batch = collator.encode(texts, ce_rows=torch.arange(len(texts)) >= n_on_policy)
+                alignments = [a if a is None else a.to(device) for a in CrossTokenizerCollator.alignments(batch)]
+                s_ids, s_mask = batch["input_ids"].to(device), batch["attention_mask"].bool().to(device)
+                labels = batch["labels"].to(device)
             # -- 3. forward passes (teachers without grad) --
             with autocast:
                 s_logits = model(input_ids=s_ids, attention_mask=s_mask.long()).logits

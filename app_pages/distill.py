@@ -29,15 +29,15 @@ except XtokError as e:
     st.warning(md_text(f"No audit recommendation for this pair: {e}"))
 
 
-def model_field(label: str, tok_name: str, key: str) -> str:
-    if not state.allow_local():  # a page never names the server's own directories unless the server allows it
-        st.text_input(f"{label} model", f"tiny:{tok_name}", key=f"{key}_kind", disabled=True,
-                      help="`tiny:<tokenizer>` is a small Llama-style model sized to that tokenizer. Local model "
-                           f"directories need a server started with {state.ALLOW_LOCAL_ENV}=1.")
-        return f"tiny:{tok_name}"
-    kind = st.radio(label, (f"tiny:{tok_name}", "local model directory"), key=f"{key}_kind", horizontal=True,
-                    help="`tiny:<tokenizer>` is a small Llama-style model sized to that tokenizer (the demo); a local "
-                         "directory is any Hugging Face causal LM (no remote code).")
+def model_field(label: str, options: list, default: str, key: str) -> str:
+    """A model choice: named real models and `tiny:` ones; a local directory only on a server that allows it."""
+    extra = ["local model directory"] if state.allow_local() else []
+    kind = st.selectbox(label, options + extra, index=options.index(default), key=f"{key}_kind",
+                        help="Named models are real (`xtok models`); `tiny:<tokenizer>` is a small Llama-style model "
+                             "sized to that tokenizer. Local model directories need a server started with "
+                             f"{state.ALLOW_LOCAL_ENV}=1.")
+    if not extra:
+        return kind
     # (in a form nothing reruns before submit, so the directory field is always there)
     path = st.text_input(f"{label} model directory (when “local model directory” is picked)", key=f"{key}_dir",
                          placeholder="/models/my-model", max_chars=1000).strip()
@@ -51,10 +51,13 @@ with st.expander("New run", expanded=not all_runs or ss.get("new_run_open", Fals
     second = st.checkbox("Add a second teacher", key="f_second", on_change=lambda: ss.update(new_run_open=True))
     with st.form("new_run"):
         c1, c2 = st.columns(2)
+        named = state.named_models()
         with c1:
-            student_model = model_field("Student", student.name, "f_student")
-        with c2:
-            teacher_model = model_field("Teacher", teacher.name, "f_teacher")
+            student_model = model_field("Student", [f"tiny:{student.name}"] + named, f"tiny:{student.name}", "f_student")
+        with c2:  # the default is the real-teacher demo (DistillConfig's default teacher)
+            t_options = named + [f"tiny:{teacher.name}"]
+            teacher_model = model_field("Teacher", t_options, DEFAULTS.teachers[0] if DEFAULTS.teachers[0] in t_options
+                                        else t_options[0], "f_teacher")
         c1, c2, c3 = st.columns(3)
         losses = list(LOSS_NAMES)
         loss = c1.selectbox("Loss" + (f" (the audit recommends {LOSS_NAMES[recommended]})" if recommended else ""), losses,
@@ -85,29 +88,26 @@ with st.expander("New run", expanded=not all_runs or ss.get("new_run_open", Fals
 if submitted:
     second_model = second_model.strip()
     teachers = [] if loss == "ce" else [teacher_model] + ([second_model] if second and second_model else [])
-    args = ["--student", student_model]
-    for t in teachers:
-        args += ["--teacher", t]
-    if len(teachers) == 2:
-        args += ["--alpha", f"{1 - alpha:g}", "--alpha", f"{alpha:g}"]
-    args += ["--loss", loss, "--steps", int(steps), "--lr", f"{lr:g}", "--on-policy-ratio", f"{on_policy:g}",
-             "--batch-size", int(batch), "--eval-every", int(eval_every)]
-    if not dynamic:
-        args += ["--kd-weight", f"{kd_weight:g}"]
-    if not demo_teacher:
-        args += ["--random-teacher"]
-    args += ["--runs-dir", str(runs.runs_dir()), "--no-progress"]
     local = [m for m in [student_model, *teachers] if not state.model_spec_ok(m)]
     if not student_model or any(not t for t in teachers):
-        st.error("A model directory is empty; type its path or pick the tiny model.")
+        st.error("A model directory is empty; type its path or pick another model.")
     elif local and not state.allow_local():
         st.error(md_text(f"refused model {local[0]!r}: this server runs only tiny:<bundled tokenizer> and named models; "
                          f"start it with {state.ALLOW_LOCAL_ENV}=1 to use local model directories"))
     else:
-        label = f"{student_model}-{'+'.join(teachers) or 'ce'}-{loss}".replace("tiny:", "")
-        run = runs.launch_run(args, runs.new_run_dir(label))
-        ss.selected_run = run.name
-        st.success(f"Launched {run.name} (pid {run.pid}); it keeps running if you close the page.")
+        try:  # the page writes a DistillConfig (the one schema of a run) and the CLI reads it
+            cfg = DistillConfig(student=student_model, teachers=teachers,
+                                alphas=[1 - alpha, alpha] if len(teachers) == 2 else None, loss=loss, steps=int(steps),
+                                lr=float(lr), on_policy_ratio=float(on_policy), kd_weight=None if dynamic else float(kd_weight),
+                                batch_size=int(batch), eval_every=int(eval_every), train_demo_teacher=bool(demo_teacher),
+                                runs_dir=str(runs.runs_dir()))
+        except XtokError as e:
+            st.error(md_text(str(e)))
+        else:
+            label = f"{student_model}-{'+'.join(teachers) or 'ce'}-{loss}".replace("tiny:", "")
+            run = runs.launch_config(cfg, runs.new_run_dir(label))
+            ss.selected_run = run.name
+            st.success(f"Launched {run.name} (pid {run.pid}); it keeps running if you close the page.")
 
 
 def _accuracy(row: dict):

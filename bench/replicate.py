@@ -145,22 +145,30 @@ def answer_nll(model: torch.nn.Module, tok: Tok, pairs: list[tuple[str, str]], *
 
     The answer tokens are those starting at or after the prompt's last byte in the encoding of
     prompt + answer, so the figure does not depend on where a tokenizer puts the space."""
+    return float(answer_nlls(model, tok, pairs, device=device, batch_size=batch_size).mean())
+
+
+@torch.no_grad()
+def answer_nlls(model: torch.nn.Module, tok: Tok, pairs: list[tuple[str, str]], *, device, batch_size: int = 32,
+                max_length: int = 64) -> np.ndarray:
+    """-log p(answer | prompt) of each (prompt, answer) pair, teacher-forced, in nats (see `answer_nll`)."""
     model.eval()
-    total = 0.0
+    out = []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
         texts = [p + a for p, a in chunk]
-        ids, mask = encode_padded(tok, texts, 64)
+        ids, mask = encode_padded(tok, texts, max_length)
         encs = tok.encode_batch(texts, add_special_tokens=True)
         answer = torch.zeros_like(mask)
         for r, (enc, (p, _)) in enumerate(zip(encs, chunk)):  # one vector op per example
-            starts = torch.as_tensor(np.asarray(enc.offsets)[:, 0] if len(enc.offsets) else np.zeros(0, np.int64))
-            answer[r, : len(starts)] = starts >= len(p.encode())
+            off = torch.as_tensor(np.asarray(enc.offsets).reshape(-1, 2)[: answer.shape[1]])
+            # text tokens from the prompt's end on (special tokens are empty spans: never answer)
+            answer[r, : len(off)] = (off[:, 0] >= len(p.encode())) & (off[:, 1] > off[:, 0])
         ids, mask, answer = ids.to(device), mask.to(device), answer.to(device)
         logits = model(input_ids=ids, attention_mask=mask.long()).logits.float()
         nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view(ids[:, 1:].shape)
-        total += float(nll[answer[:, 1:] & mask[:, 1:]].sum())
-    return total / len(pairs)
+        out.append((nll * (answer[:, 1:] & mask[:, 1:])).sum(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def evaluate(model: torch.nn.Module, tok: Tok, setting: Setting, device, heldout: list[str]) -> dict:
@@ -233,18 +241,22 @@ def one_run(setting: Setting, regime: str, method: str, seed: int, teacher_dir: 
 
 
 # ------------------------------------------------------------------------ summary
-def summarize(runs: list[dict], regimes: list[str], methods: list[str]) -> dict:
-    """{regime: {method: {metric: {"mean", "spread", "n", "values"}}}}; CE-only rows serve every regime."""
+def summarize(runs: list[dict], regimes: list[str], methods: list[str], metrics=METRICS, shared_ce: bool = True) -> dict:
+    """{regime: {method: {metric: {"mean", "spread", "n", "values"}}}}; with `shared_ce` CE-only rows serve
+    every regime (they have no teacher and every regime has the same student). A metric a run lacks
+    (None) is left out of that cell."""
     out = {}
     for regime in regimes:
         out[regime] = {}
         for method in methods:
-            rows = [r for r in runs if r["method"] == method and (method == "ce" or r["regime"] == regime)]
+            rows = [r for r in runs if r["method"] == method and ((shared_ce and method == "ce") or r["regime"] == regime)]
             if not rows:
                 continue
             out[regime][method] = {}
-            for m in METRICS:
-                v = np.array([r[m] for r in sorted(rows, key=lambda r: r["seed"])], dtype=float)
+            for m in metrics:
+                v = np.array([r[m] for r in sorted(rows, key=lambda r: r["seed"]) if r.get(m) is not None], dtype=float)
+                if not len(v):
+                    continue
                 out[regime][method][m] = {"mean": float(v.mean()), "spread": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                                           "n": len(v), "values": v.tolist()}
     return out

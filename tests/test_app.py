@@ -394,16 +394,20 @@ def test_the_run_form_launches_the_cli_with_the_chosen_settings():
     (run,) = runs.list_runs()
     try:
         cmd = run.launch["command"]
-        flags = {a: cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a.startswith("--")}
         assert cmd[:4] == [sys.executable, "-m", "xtok_core", "distill"]
-        assert flags["--student"] == "tiny:gpt2" and flags["--loss"] == "hkl" and flags["--steps"] == "3"
-        assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--teacher"] == ["tiny:qwen2.5", "tiny:llama-3.2"]
-        assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--alpha"] == ["0.75", "0.25"]
-        assert flags["--kd-weight"] == "0.5" and "--random-teacher" in cmd
-        assert flags["--runs-dir"] == os.environ["XTOK_RUNS_DIR"] and flags["--out"] == str(run.path)
+        # the page writes a DistillConfig and the CLI reads it: no argv assembled by hand
+        assert cmd[4:] == ["--config", str(run.path / "request.json"), "--no-progress", "--out", str(run.path)]
+        from xtok_core.distill import DistillConfig
+
+        cfg = DistillConfig.from_file(run.path / "request.json")
+        assert cfg.student == "tiny:gpt2" and cfg.loss == "hkl" and cfg.steps == 3
+        assert cfg.teachers == ["smollm2-135m-instruct", "tiny:llama-3.2"]  # the real-teacher demo by default
+        assert cfg.alphas == [0.75, 0.25] and cfg.kd_weight == 0.5 and cfg.train_demo_teacher is False
+        assert cfg.runs_dir == os.environ["XTOK_RUNS_DIR"]
         assert os.getpgid(run.pid) == run.pid != os.getpgid(0)  # its own process group: the page can end, the run goes on
         assert at.session_state.selected_run == run.name
         assert any(run.name in s.value for s in at.success)
+        assert run.setting("loss") == "hkl"  # read back from the request before the CLI writes config.json
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)  # only the command line is under test here
@@ -573,3 +577,21 @@ def test_accuracy_axis_is_zero_to_one_and_a_random_teacher_run_has_no_demo_note(
         assert waiting and "demo teacher" not in waiting[0]
     finally:
         proc.kill()
+
+
+def test_alignment_of_a_conversation_greys_the_templates():
+    import json as _json
+
+    from xtok_core.chat import align_chat
+
+    at = app("alignment")
+    at.radio(key="align_mode").set_value("conversation").run()
+    assert not at.exception and not at.error
+    messages = _json.loads(at.text_area(key="align_chat").value)
+    cal = align_chat(messages, load_tokenizer("llama-3.2"), load_tokenizer("qwen2.5"))
+    for side, group in (("student", cal.student_group), ("teacher", cal.teacher_group)):
+        block = html_blocks(at, f"xtok-chat-{side}")[0]
+        assert block.count("xtok-chip grey") == int((group < 0).sum()) > 0  # the template, greyed
+        assert block.count('<span class="xtok-chip') == len(group)
+    at.text_area(key="align_chat").set_value('[{"role": "user"').run()
+    assert len(at.error) == 1 and "not valid JSON" in at.error[0].value

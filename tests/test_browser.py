@@ -249,6 +249,7 @@ def test_distill_run_live_curve_stop_and_reopen(server, chromium):
     pg.get_by_text("Add a second teacher", exact=True).click()
     wait_idle(pg)
     expect(alpha_box).to_be_disabled()
+    choose(pg, "Teacher", "tiny:qwen2.5")  # the toy teacher with random weights: a CPU smoke run
     pg.get_by_label("Steps", exact=True).fill("10")
     pg.get_by_text("More settings").click()
     pg.get_by_label("Batch size", exact=True).fill("2")
@@ -259,7 +260,10 @@ def test_distill_run_live_curve_stop_and_reopen(server, chromium):
     expect(pg.get_by_text(re.compile(r"^Launched "))).to_be_visible()
     run_dir = next(server["runs"].glob("*/launch.json")).parent
     cmd = json.loads((run_dir / "launch.json").read_text())["command"]
-    assert cmd[cmd.index("--steps") + 1] == "10" and "--random-teacher" in cmd and cmd[cmd.index("--loss") + 1] == "pkl"
+    assert cmd[cmd.index("--config") + 1] == str(run_dir / "request.json")
+    request = json.loads((run_dir / "request.json").read_text())
+    assert request["steps"] == 10 and request["train_demo_teacher"] is False and request["loss"] == "pkl"
+    assert request["teachers"] == ["tiny:qwen2.5"]
 
     # the live fragment draws the curve as metrics arrive
     deadline = time.time() + 240

@@ -48,6 +48,15 @@ def losses_tol(loss: float, n_terms: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------ collator
+@pytest.mark.parametrize("module", ["xtok_core.integrations.collator", "xtok_core.integrations.hf", "xtok_core.distill"])
+def test_each_module_imports_first_in_a_fresh_process(module):
+    """The loop imports the collator and the collator uses the loop's data helpers: no import cycle,
+    whichever a program (the example under torchrun, the CLI) imports first."""
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-1500:]
+
+
 def test_collator_gives_each_teacher_its_own_ids_of_the_text():
     student, qwen, gemma = (load_tokenizer(n) for n in ("llama-3.2", "qwen2.5", "gemma"))
     batch = CrossTokenizerCollator(student, [qwen, gemma], max_length=4096)([{"text": t} for t in TEXTS])

@@ -125,7 +125,8 @@ class Run:
 def load_run(path: Path) -> Run:
     path = Path(path)
     rd = RunDir(path)
-    return Run(path, rd.read_status(), _read_json(rd.config_path), _read_json(path / "launch.json"))
+    config = _read_json(rd.config_path) or _read_json(path / REQUEST)  # before the CLI wrote config.json
+    return Run(path, rd.read_status(), config, _read_json(path / "launch.json"))
 
 
 def list_runs(root: Path | None = None) -> list[Run]:
@@ -167,6 +168,17 @@ def launch_run(distill_args: list[str], out: Path, *, resume: bool = False) -> R
     # The Popen object is dropped on purpose: liveness is checked by pid (see `_alive`), which also
     # works after the app restarted.
     return load_run(out)
+
+
+REQUEST = "request.json"  # the DistillConfig the page wrote; the CLI's config.json follows it
+
+
+def launch_config(config, out: Path) -> Run:
+    """Write `config` (a DistillConfig) into the run directory and start `xtok distill --config FILE --out DIR`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REQUEST).write_text(config.to_json() + "\n", encoding="utf-8")
+    return launch_run(["--config", str(out / REQUEST), "--no-progress"], out)
 
 
 def stop_run(run: Run) -> bool:

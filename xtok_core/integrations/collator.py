@@ -10,7 +10,6 @@ from dataclasses import fields
 import torch
 
 from ..align import BatchAlignment, align_batch
-from ..distill.data import encode_padded
 from ..errors import XtokError
 from ..models import LoadedModel
 from ..tok import Tok, load_tokenizer
@@ -107,6 +106,8 @@ class CrossTokenizerCollator:
         if first is not None:
             ids, mask = first.student_ids, first.student_mask
         else:
+            from ..distill.data import encode_padded  # here: the distill package imports this module
+
             ids, mask = encode_padded(self.student, texts, self.max_length)
         keep = mask if ce_rows is None else mask & ce_rows.to(mask.device).bool()[:, None]
         return self._batch(ids, mask, ids.masked_fill(~keep, -100), views)

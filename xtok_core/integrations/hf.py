@@ -6,8 +6,8 @@
     CrossTokenizerDistillTrainer.compute_loss -> student forward, teachers forward (no grad)
                                                -> losses.DistillLoss: CE + λ·Σ α_m KD_m
 
-`xtok distill` batches its steps with the same collator and builds its loss with the same
-`distill_objective`, so the two paths compute one loss. Use the Trainer when the rest of your stack is
+`xtok distill` batches its steps with the same collator, builds W through the same step and computes
+the same `DistillLoss` (a test checks one batch gives one loss through both). Use the Trainer when the rest of your stack is
 already a Trainer (your datasets, callbacks, DeepSpeed/FSDP configs, Hub pushes); use `xtok distill`
 for the run directory the explorer reads, on-policy sampling and the bundled corpus and eval.
 """
@@ -28,24 +28,16 @@ LOSSES = (*LOSS_KINDS, "auto")
 
 
 # ------------------------------------------------------------------------ the loss
-_W_CACHE: dict = {}
-
-
 def teacher_projection(student: LoadedModel, teacher: LoadedModel, w=None):
-    """W for one teacher, sized to both models' logits: a `Projection`, a W file, or None (built, cached
-    per tokenizer pair and widths). Checked against both tokenizers' hashes and both logit widths."""
-    from ..projection import Projection, build_projection
+    """W for one teacher, sized to both models' logits: a `Projection` (checked against both tokenizers'
+    hashes here), a W file or None (built from the tokenizers) — those two through `xtok distill`'s own W
+    step, so both paths share its checks and its per-pair cache. Always checked against both logit widths."""
+    from ..distill.loop import _projection
+    from ..projection import Projection
 
-    if isinstance(w, Projection):
-        w.check_tokenizers(student.tok, teacher.tok)
-    elif w:
-        w = Projection.load(w, student=student.tok, teacher=teacher.tok)
-    else:
-        key = (student.tok.sha256, teacher.tok.sha256, student.vocab_size, teacher.vocab_size)
-        if key not in _W_CACHE:
-            _W_CACHE[key] = build_projection(student.tok, teacher.tok, student_vocab_size=student.vocab_size,
-                                             teacher_vocab_size=teacher.vocab_size)
-        w = _W_CACHE[key]
+    if not isinstance(w, Projection):
+        return _projection(student, teacher, w or None)
+    w.check_tokenizers(student.tok, teacher.tok)
     w.check_logits(student.vocab_size, teacher.vocab_size)
     return w
 

@@ -49,6 +49,42 @@ def _to_url() -> None:
     st.query_params["text"] = ss.align_text[:MAX_TEXT]  # the text is in the link: a view can be shared
 
 
+CHAT_EXAMPLE = ('[{"role": "user", "content": "What is 347 + 1286?"},\n'
+                ' {"role": "assistant", "content": "347 + 1286 = 1633"}]')
+mode = st.radio("Input", ("text", "conversation"), horizontal=True, key="align_mode",
+                help="A conversation is rendered by each tokenizer's own chat template and aligned on the messages' "
+                     "content (xtok_core.chat.align_chat): template tokens belong to no group.")
+if mode == "conversation":
+    import json
+
+    from xtok_core.chat import align_chat
+
+    raw = st.text_area("Messages (JSON: a list of {role, content})", CHAT_EXAMPLE, key="align_chat", height=120,
+                       max_chars=MAX_TEXT)
+    try:
+        messages = json.loads(raw)
+        cal = align_chat(messages, student, teacher)
+    except ValueError as e:
+        st.error(md_text(f"the messages are not valid JSON ({e}); paste a list such as {CHAT_EXAMPLE.splitlines()[0]}…"))
+        st.stop()
+    except XtokError as e:
+        st.error(md_text(str(e)))
+        st.stop()
+    n_tpl = [int((cal.student_group < 0).sum()), int((cal.teacher_group < 0).sum())]
+    c = st.columns(3)
+    c[0].metric("content groups", len(cal.groups))
+    c[1].metric("template tokens (student / teacher)", f"{n_tpl[0]} / {n_tpl[1]}")
+    c[2].metric("messages", len(messages))
+    for label, tok, ids, grp in (("Student", student, cal.student_ids, cal.student_group),
+                                 ("Teacher", teacher, cal.teacher_ids, cal.teacher_group)):
+        grp = np.asarray(grp)
+        st.markdown(f"**{label} · {md_text(tok.name)}**, its own template (greyed: no group, no loss)"
+                    + chips_html(tok, ids, grp, css_class=f"xtok-chat-{label.lower()}",
+                                 extra_class=lambda i, g=grp: "grey" if g[i] < 0 else ""), unsafe_allow_html=True)
+    st.caption("Content tokens are coloured by alignment group (the same colour on both sides); each assistant turn's "
+               "end-of-turn token is paired with the other side's by role.")
+    st.stop()
+
 if "align_text" not in ss:
     ss.align_text = (ss.get("url_values", {}).get("text") or EXAMPLES["Price and date"])[:MAX_TEXT]
     _to_url()

@@ -110,7 +110,7 @@ fig = go.Figure(go.Heatmap(z=z, x=list(range(len(P))), y=[LOSS_LABELS.get(r, "un
                            text=texts, texttemplate="%{text}", colorscale="Reds", showscale=False,
                            customdata=[xs for _ in rows],
                            hovertemplate="%{customdata}<br>%{y}: %{text}<extra></extra>"))
-fig.update_layout(height=230, margin=dict(l=10, r=10, t=10, b=10),
+fig.update_layout(height=230, margin=dict(l=10, r=10, t=10, b=10), yaxis=dict(autorange="reversed"),
                   xaxis=dict(tickvals=list(range(len(P))), ticktext=[p.text for p in P], tickangle=0, tickfont=dict(family="monospace")))
 event = st.plotly_chart(fig, key="strip", on_select="rerun", selection_mode="points")
 st.caption("Each row is scaled to its own largest value (colour); the numbers are the per-position values (no τ²). "
@@ -145,18 +145,19 @@ st.markdown(" · ".join(f"**{LOSS_LABELS[k]}** {v:.3f}" for k, v in p.losses.ite
 def bars(title: str, tok, top, key: str):
     labels = [f"{_label(tok, i)} ({i})" for i, _ in top]
     f = go.Figure(go.Bar(x=[v for _, v in top], y=labels, orientation="h", marker_color=[colour(i, 65) for i, _ in top],
-                         text=[f"{v:.1%}" for _, v in top], textposition="outside", cliponaxis=False))
+                         text=[f"{v:.1%}" if v >= 0.001 else f"{v:.1e}" for _, v in top], textposition="outside",
+                         cliponaxis=False))
     f.update_layout(height=330, title=dict(text=title, font=dict(size=14)), margin=dict(l=10, r=40, t=40, b=10),
                     yaxis=dict(autorange="reversed", type="category", tickfont=dict(family="monospace")),
-                    xaxis=dict(tickformat=".0%"))
+                    xaxis=dict(tickformat=".0%" if max(v for _, v in top) >= 0.01 else ".1e"))
     st.plotly_chart(f, key=key)
 
 
 c1, c2, c3 = st.columns(3)
 with c1:
-    bars(f"Teacher {t_tok.name}: top next tokens", t_tok, p.teacher_top, "bars_teacher")
+    bars(f"Teacher {t_spec}: top next tokens", t_tok, p.teacher_top, "bars_teacher")
 with c2:
-    bars(f"Student {s_tok.name}: top next tokens", s_tok, p.student_top, "bars_student")
+    bars(f"Student {s_spec}: top next tokens", s_tok, p.student_top, "bars_student")
 with c3:
     bars("Student through W (teacher's vocabulary)", t_tok, p.projected_top, "bars_projected")
 

@@ -577,3 +577,21 @@ def test_accuracy_axis_is_zero_to_one_and_a_random_teacher_run_has_no_demo_note(
         assert waiting and "demo teacher" not in waiting[0]
     finally:
         proc.kill()
+
+
+def test_alignment_of_a_conversation_greys_the_templates():
+    import json as _json
+
+    from xtok_core.chat import align_chat
+
+    at = app("alignment")
+    at.radio(key="align_mode").set_value("conversation").run()
+    assert not at.exception and not at.error
+    messages = _json.loads(at.text_area(key="align_chat").value)
+    cal = align_chat(messages, load_tokenizer("llama-3.2"), load_tokenizer("qwen2.5"))
+    for side, group in (("student", cal.student_group), ("teacher", cal.teacher_group)):
+        block = html_blocks(at, f"xtok-chat-{side}")[0]
+        assert block.count("xtok-chip grey") == int((group < 0).sum()) > 0  # the template, greyed
+        assert block.count('<span class="xtok-chip') == len(group)
+    at.text_area(key="align_chat").set_value('[{"role": "user"').run()
+    assert len(at.error) == 1 and "not valid JSON" in at.error[0].value

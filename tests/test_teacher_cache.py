@@ -16,6 +16,7 @@ from xtok_core.teacher_cache import TeacherCache, build_teacher_cache, sha256_fi
 
 TEXTS = [f"{i} plus {2 * i + 1} is {3 * i + 1}; the {i}th line of the cache test, café {i % 7}." for i in range(22)]
 TINY = dict(dim=32, layers=2)
+WHOLE = dict(seq_len=64, heldout_fraction=0.0)  # every document is one window: the examples are TEXTS
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -29,21 +30,21 @@ def teacher():
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("data") / "data.txt"
-    p.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    p.write_text("\n\n".join(TEXTS) + "\n", encoding="utf-8")  # documents separated by blank lines
     return p
 
 
 @pytest.fixture(scope="module")
 def cache(teacher, data_file, tmp_path_factory):
     return build_teacher_cache(teacher, data_file, tmp_path_factory.mktemp("c") / "cache", top_k=teacher.vocab_size,
-                               dtype="float32", shard_size=8, batch_size=3, max_length=24, show_progress=False)
+                               dtype="float32", shard_size=8, batch_size=3, max_length=24, show_progress=False, **WHOLE)
 
 
 def test_cache_holds_the_teachers_ids_top_k_and_tail_per_teacher_token(teacher, data_file, tmp_path):
     calls = []
     c = build_teacher_cache(teacher, data_file, tmp_path / "c", top_k=5, temperature=2.0, dtype="float32",
                             shard_size=8, batch_size=3, max_length=12, show_progress=False,
-                            progress=lambda f, m: calls.append((f, m)))
+                            progress=lambda f, m: calls.append((f, m)), **WHOLE)
     m = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert m["complete"] and [s["count"] for s in m["shards"]] == [8, 8, 6] and m["top_k"] == 5
     assert m["data_sha256"] == sha256_file(data_file) and m["tokenizer_sha256"] == teacher.tok.sha256
@@ -103,7 +104,10 @@ def test_mismatched_cache_is_refused_with_one_line_each(cache, tok, tmp_path, da
     one_line(lambda: cache.check(tokenizer=tok("qwen2.5")), "tokenizer", "gpt2", "qwen2.5")
     one_line(lambda: cache.check(temperature=2.0), "temperature 1", "2")
     one_line(lambda: cache.check(max_length=64), "24 tokens", "64")
-    cache.check(tokenizer=tok("gpt2"), temperature=1.0, data_sha256=sha256_file(data_file), max_length=24)
+    cache.check(tokenizer=tok("gpt2"), temperature=1.0, data_sha256=sha256_file(data_file), max_length=24,
+                student_tokenizer=tok("gpt2"), **WHOLE)
+    one_line(lambda: cache.check(student_tokenizer=tok("qwen2.5")), "windows", "gpt2", "qwen2.5")
+    one_line(lambda: cache.check(seq_len=96), "seq_len 64", "96")
     one_line(lambda: cache.example("a text that was never cached"), "not in teacher cache")
     # a truncated shard
     copy = tmp_path / "copy"
@@ -131,7 +135,7 @@ def _xtok(*args, env):
 def test_a_build_killed_with_sigkill_resumes_to_the_same_shards_as_an_uninterrupted_one(data_file, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     args = ["--teacher", "tiny:gpt2", "--data", str(data_file), "--top-k", "7", "--shard-size", "5",
-            "--batch-size", "2", "--max-length", "20", "--no-progress"]
+            "--batch-size", "2", "--max-length", "20", "--seq-len", "64", "--heldout-fraction", "0", "--no-progress"]
     whole = _xtok("teacher-cache", *args, "--out", str(tmp_path / "whole"), env=env)
     assert whole.returncode == 0, whole.stderr
     # the same build, killed by SIGKILL right after its second shard is in place
@@ -140,7 +144,7 @@ def test_a_build_killed_with_sigkill_resumes_to_the_same_shards_as_an_uninterrup
         "import os, signal, sys; sys.argv = ['xtok'];"
         "from xtok_core import teacher_cache as tc;"
         f"tc.build_teacher_cache('tiny:gpt2', {str(data_file)!r}, {str(killed)!r}, top_k=7, shard_size=5, batch_size=2,"
-        " max_length=20, show_progress=False, after_shard=lambda i: os.kill(os.getpid(), signal.SIGKILL) if i == 1 else None)")
+        " max_length=20, seq_len=64, heldout_fraction=0.0, show_progress=False, after_shard=lambda i: os.kill(os.getpid(), signal.SIGKILL) if i == 1 else None)")
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == -9, run.stderr
     manifest = json.loads((killed / "manifest.json").read_text())
@@ -176,12 +180,11 @@ def _run_config(**kw):
 def run_cache(tmp_path_factory):
     """The run's own texts through its (random tiny) teacher, K = the teacher's whole vocabulary, fp32."""
     from xtok_core.distill.data import TextBatches
-    from xtok_core.models import load_model
 
     cfg = _run_config()
     texts = [t for step in range(cfg.steps) for t in TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size,
                                                                   cfg.seed)(step)]
-    teacher = load_model(cfg.teachers[0], tiny_dim=cfg.tiny_dim, tiny_layers=cfg.tiny_layers, seed=cfg.seed)
+    teacher = _teacher_of(cfg)
     return build_teacher_cache(teacher, texts, tmp_path_factory.mktemp("run") / "cache", top_k=teacher.vocab_size,
                                dtype="float32", max_length=cfg.seq_len, batch_size=4, show_progress=False)
 
@@ -218,3 +221,42 @@ def test_a_run_from_the_cache_refuses_what_the_cache_cannot_give_with_one_line(r
     with pytest.raises(XtokError, match="on-policy") as e:
         _run_config(teacher_caches=cache, on_policy_ratio=0.5)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_two_caches_with_their_alphas_equal_two_online_teachers(run_cache, tmp_path):
+    from xtok_core.distill import run_distillation
+
+    two = dict(teachers=["tiny:bert-wordpiece"] * 2, alphas=[0.3, 0.7], steps=2)
+    online = run_distillation(_run_config(**two), tmp_path / "online", progress=False)
+    cached = run_distillation(_run_config(**two, teacher_caches=[str(run_cache.root)] * 2), tmp_path / "cached",
+                              progress=False)
+    for a, b in zip(online.metrics, cached.metrics):
+        assert b["kd"] == pytest.approx(0.3 * b["kd/t0"] + 0.7 * b["kd/t1"], rel=1e-6)
+        for key in ("loss", "kd", "kd/t0", "kd/t1", "grad_norm"):  # see the single-cache test for the tolerance
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_a_run_with_data_trains_from_a_cache_of_that_data_and_refuses_another(data_file, tmp_path):
+    from xtok_core.distill import run_distillation
+
+    cfg = dict(data=str(data_file), heldout_fraction=0.1, seq_len=24, steps=2)
+    cache = build_teacher_cache(_teacher_of(_run_config()), data_file,
+                                tmp_path / "cache", top_k=64, student="tiny:gpt2", seq_len=24, heldout_fraction=0.1,
+                                batch_size=4, show_progress=False)
+    online = run_distillation(_run_config(**cfg), tmp_path / "online", progress=False)
+    cached = run_distillation(_run_config(**cfg, teacher_caches=[str(cache.root)]), tmp_path / "cached", progress=False)
+    assert [m["pairs/t0"] for m in cached.metrics] == [m["pairs/t0"] for m in online.metrics]
+    other = tmp_path / "other.txt"
+    other.write_text(data_file.read_text() + "\n\none more document.\n")
+    for kw, words in (({"data": str(other)}, ("other data",)), ({"student": "tiny:qwen2.5"}, ("windows", "qwen2.5"))):
+        with pytest.raises(XtokError) as e:
+            run_distillation(_run_config(**{**cfg, **kw}, teacher_caches=[str(cache.root)]), tmp_path / "x", progress=False)
+        assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+
+
+def _teacher_of(cfg):
+    from xtok_core.models import load_model
+
+    return load_model(cfg.teachers[0], tiny_dim=cfg.tiny_dim, tiny_layers=cfg.tiny_layers, seed=cfg.seed)

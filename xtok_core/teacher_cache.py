@@ -77,28 +77,22 @@ def model_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def read_texts(path: "str | Path") -> list[str]:
-    """Examples of a data file: `.jsonl` (one JSON object a line, its "text"), else one non-empty line each."""
-    p = Path(path)
-    if not p.is_file():
-        raise XtokError(f"data file {p} does not exist; pass a .txt (one example a line) or .jsonl file")
-    lines = p.read_text(encoding="utf-8").splitlines()
-    if p.suffix == ".jsonl":
-        out = []
-        for i, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    out.append(str(json.loads(line)["text"]))
-                except (ValueError, KeyError, TypeError):
-                    raise XtokError(f"{p}:{i} is not a JSON object with a \"text\" field; fix that line") from None
-        return out
-    return [line for line in lines if line.strip()]
+def run_windows(path: "str | Path", window_tok, seq_len: int, *, text_field: str = "text",
+                heldout_fraction: float = 0.02) -> list[str]:
+    """The training texts a run with `--data path` sees: its documents minus the held-out ones, cut into
+    windows of seq_len − 1 tokens of the student's tokenizer (`xtok_core.distill`'s own preparation)."""
+    from .distill.data import read_documents, split_heldout, window_documents
+
+    train, _ = split_heldout(read_documents(path, text_field), heldout_fraction)
+    return window_documents(train, window_tok, max(1, int(seq_len) - 1))
 
 
-def _data(data) -> tuple[list[str], str, str]:
-    """(texts, description, sha256) of a data file path or a list of texts."""
+def _data(data, window_tok, windows: dict) -> tuple[list[str], str, str]:
+    """(texts, description, sha256) of a data file (windowed as a run windows it) or a list of texts."""
     if isinstance(data, (str, Path)):
-        return read_texts(data), str(data), sha256_file(data)
+        texts = run_windows(data, window_tok, windows["seq_len"], text_field=windows["text_field"],
+                            heldout_fraction=windows["heldout_fraction"])
+        return texts, str(data), sha256_file(data)
     texts = [str(t) for t in data]
     return texts, f"<{len(texts)} texts>", texts_sha256(texts)
 
@@ -146,13 +140,18 @@ def _teacher_pass(model, ids: list[list[int]], pad: int, k: int, temperature: fl
 def build_teacher_cache(teacher, data, out: "str | Path", *, top_k: int = 64, temperature: float = 1.0,
                         max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 8,
                         shard_size: int = DEFAULT_SHARD_SIZE, dtype: str = "float16", device: str = "auto",
+                        student=None, seq_len: int = 96, text_field: str = "text", heldout_fraction: float = 0.02,
                         progress: Callable[[float, str], None] | None = None, show_progress: bool = True,
                         after_shard: Callable[[int], None] | None = None) -> "TeacherCache":
     """Run `teacher` over `data` once and store its top-K distributions in `out` (resumes a partial build).
 
     teacher: a model spec for `xtok_core.load_model` ("smollm2-135m-instruct", a directory, `tiny:…`) or a
-    loaded model (`.model`, `.tok`). data: a data file (.txt: one example a line; .jsonl: "text") or a list
-    of texts. Each example is the teacher's encoding with its special tokens, cut to `max_length` tokens.
+    loaded model (`.model`, `.tok`). data: a list of texts (the examples as they are), or a data file as
+    `xtok distill --data` reads it (.txt documents separated by blank lines, .jsonl, .parquet, .csv), cut the
+    way such a run cuts it: held-out documents (`heldout_fraction`) dropped, the rest in windows of
+    `seq_len` − 1 tokens of the student's tokenizer (`student`: a tokenizer or model spec, a `Tok`; default the
+    teacher's). A run from the cache must use the same data, student tokenizer, seq_len and held-out fraction
+    (checked). Each example is the teacher's encoding with its special tokens, cut to `max_length` tokens.
     progress(fraction, message) is called after every batch (the app's progress bar); `show_progress` draws a
     tqdm bar with an ETA on stderr. GPU when there is one (`device="auto"`), in bf16 autocast like training.
     """
@@ -167,7 +166,12 @@ def build_teacher_cache(teacher, data, out: "str | Path", *, top_k: int = 64, te
 
     lm = load_model(teacher) if isinstance(teacher, str) else teacher
     spec = teacher if isinstance(teacher, str) else getattr(lm, "spec", type(lm.model).__name__)
-    texts, data_desc, data_sha = _data(data)
+    window_tok = _tokenizer_of(student) if student is not None else lm.tok
+    windows = None
+    if isinstance(data, (str, Path)):
+        windows = {"student_tokenizer": window_tok.name, "student_tokenizer_sha256": window_tok.sha256,
+                   "seq_len": int(seq_len), "text_field": text_field, "heldout_fraction": float(heldout_fraction)}
+    texts, data_desc, data_sha = _data(data, window_tok, windows)
     if not texts:
         raise XtokError(f"the data {data_desc} holds no example; give it at least one non-empty line")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -179,7 +183,7 @@ def build_teacher_cache(teacher, data, out: "str | Path", *, top_k: int = 64, te
               "teacher_sha256": model_sha256(model), "tokenizer": lm.tok.name, "tokenizer_sha256": lm.tok.sha256,
               "vocab_size": vocab, "data": data_desc, "data_sha256": data_sha, "n_examples": len(texts),
               "top_k": k, "temperature": float(temperature), "max_length": int(max_length), "dtype": dtype,
-              "shard_size": int(shard_size), "add_special_tokens": True}
+              "shard_size": int(shard_size), "add_special_tokens": True, "windows": windows}
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     manifest = _resume_manifest(root, params)
@@ -226,6 +230,25 @@ def build_teacher_cache(teacher, data, out: "str | Path", *, top_k: int = 64, te
     manifest["complete"] = True
     _write_atomic(root / MANIFEST, json.dumps(manifest, indent=1).encode())
     return TeacherCache.open(root)
+
+
+def _tokenizer_of(student):
+    """A `Tok` from a Tok, a `tiny:<tokenizer>` spec, a tokenizer name / path, or a model spec."""
+    from .tok import Tok, load_tokenizer
+
+    if isinstance(student, Tok):
+        return student
+    if hasattr(student, "tok"):
+        return student.tok
+    spec = str(student)
+    if spec.startswith("tiny:"):
+        return load_tokenizer(spec[len("tiny:"):])
+    try:
+        return load_tokenizer(spec)
+    except XtokError:
+        from .models import load_model
+
+        return load_model(spec).tok
 
 
 def _store_tokenizer(tok, root: Path) -> None:
@@ -344,9 +367,24 @@ class TeacherCache:
         return int(self.manifest["n_examples"])
 
     def check(self, *, tokenizer=None, temperature: float | None = None, data_sha256: str | None = None,
-              max_length: int | None = None, vocab_size: int | None = None) -> None:
-        """Refuse a cache built for another run, with one line naming the first difference."""
+              max_length: int | None = None, vocab_size: int | None = None, student_tokenizer=None,
+              seq_len: int | None = None, heldout_fraction: float | None = None, text_field: str | None = None) -> None:
+        """Refuse a cache built for another run, with one line naming the first difference. The student's
+        tokenizer, seq_len, held-out fraction and text field matter for a cache built from a data file: they
+        decide the windows the run trains on."""
         m, root = self.manifest, self.root
+        w = m.get("windows")
+        if data_sha256 is not None and w is None:
+            raise XtokError(f"teacher cache {root} was built from a list of texts ({m['data']}), not from a --data file; "
+                            "build it with xtok teacher-cache --data from this run's file")
+        if w is not None:
+            if student_tokenizer is not None and student_tokenizer.sha256 != w["student_tokenizer_sha256"]:
+                raise XtokError(f"teacher cache {root} holds windows cut for student tokenizer {w['student_tokenizer']}, "
+                                f"this run's student has {student_tokenizer.name}; build it with --student for this student")
+            for key, value in (("seq_len", seq_len), ("heldout_fraction", heldout_fraction), ("text_field", text_field)):
+                if value is not None and value != w[key]:
+                    raise XtokError(f"teacher cache {root} was built with {key} {w[key]!r}, this run uses {value!r}; "
+                                    f"pass the same or rebuild the cache with it")
         if tokenizer is not None and tokenizer.sha256 != m["tokenizer_sha256"]:
             raise XtokError(f"teacher cache {root} was built with tokenizer {m['tokenizer']} (sha256 "
                             f"{m['tokenizer_sha256'][:12]}), not {tokenizer.name} ({tokenizer.sha256[:12]}); "

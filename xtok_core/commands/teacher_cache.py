@@ -13,7 +13,13 @@ def register(sub):
                     "--teacher-cache DIR` then trains from the cache without loading the teacher.",
         epilog="Example: xtok teacher-cache --teacher smollm2-135m-instruct --data data.txt --top-k 64 --out cache/smol")
     p.add_argument("--teacher", required=True, help="model spec: a named model (xtok models), tiny:<tokenizer>, a .gguf or a HF directory")
-    p.add_argument("--data", required=True, help="data file: .txt (one example a line) or .jsonl (a \"text\" field a line)")
+    p.add_argument("--data", required=True, help="data file as xtok distill --data reads it (.txt, .jsonl, .parquet, .csv), "
+                                                 "cut into the same training windows")
+    p.add_argument("--student", default=None, help="the student whose tokenizer cuts the windows (tiny:<tokenizer>, a tokenizer "
+                                                   "or a model; default: the teacher's tokenizer)")
+    p.add_argument("--seq-len", type=int, default=96, help="the run's --seq-len (windows of seq_len - 1 student tokens)")
+    p.add_argument("--text-field", default="text", help="the run's --text-field")
+    p.add_argument("--heldout-fraction", type=float, default=0.02, help="the run's --heldout-fraction (held-out documents are not cached)")
     p.add_argument("--top-k", type=int, default=64, help="teacher ids kept per position (default 64)")
     p.add_argument("--out", required=True, help="cache directory (resumed when it holds a partial build of the same arguments)")
     p.add_argument("--temperature", type=float, default=1.0, help="τ of the stored log-probabilities (the run must use the same)")
@@ -31,7 +37,9 @@ def run(args):
 
     cache = build_teacher_cache(args.teacher, args.data, args.out, top_k=args.top_k, temperature=args.temperature,
                                 max_length=args.max_length, batch_size=args.batch_size, shard_size=args.shard_size,
-                                dtype=args.dtype, device=args.device, show_progress=not args.no_progress)
+                                dtype=args.dtype, device=args.device, student=args.student, seq_len=args.seq_len,
+                                text_field=args.text_field, heldout_fraction=args.heldout_fraction,
+                                show_progress=not args.no_progress)
     m = cache.manifest
     print(f"teacher cache {args.out}: {m['n_examples']} examples, {sum(s['tokens'] for s in m['shards'])} teacher "
           f"tokens, K = {m['top_k']}, {cache.bytes_per_token():.0f} bytes per token, {len(m['shards'])} shards")

@@ -12,7 +12,9 @@ Run directory (read by the app while the run is going):
                         wall_time (unix s), elapsed (s since this process started training),
                         on_policy (fraction of the batch sampled by the student),
                         further loss statistics (kd/<teacher index>, unreachable_mass, ...) and,
-                        on evaluation steps, eval_accuracy (greedy exact match on held-out arithmetic)
+                        on evaluation steps, eval_ce, eval_ce_per_byte, eval_numeral_ce,
+                        eval_top1_agreement/t<i> (held-out text) and, on the generated corpus,
+                        eval_accuracy (greedy exact match on held-out arithmetic)
     status.json       {"state": running|finished|failed|stopped, "step": completed steps, "steps": target,
                        "pid", "updated" (unix s), "error": one line (failed), "checkpoint": "step-N"};
                       "running" with a pid that no longer exists means the process was killed
@@ -29,8 +31,9 @@ it, so every step appears exactly once.
 from .config import DistillConfig
 from .evaluate import arithmetic_accuracy
 from .loop import RunHooks, RunResult, resume_distillation, run_distillation
-from .models import LoadedModel, build_tiny, load_model_dir, save_model_dir
+from .loop import Prepared, prepare
+from .models import LoadedModel, build_tiny, load_model, load_model_dir, save_model_dir
 from .teacher import train_teacher
 
 __all__ = ["DistillConfig", "RunHooks", "RunResult", "run_distillation", "resume_distillation", "train_teacher",
-           "arithmetic_accuracy", "LoadedModel", "build_tiny", "load_model_dir", "save_model_dir"]
+           "arithmetic_accuracy", "Prepared", "prepare", "load_model", "LoadedModel", "build_tiny", "load_model_dir", "save_model_dir"]

@@ -104,7 +104,7 @@ def prepare(cfg: DistillConfig, *, log: Callable = print, documents: list | None
     demo teacher; when it is not cached yet it is trained here, as its own run in its own directory,
     before this run's loop (a Stop while it trains raises RunStopped; the next --resume continues it)."""
     student = _model(cfg.student, cfg, teacher=False, log=log)
-    caches = _teacher_caches(cfg) if cfg.loss != "ce" else None
+    caches = _teacher_caches(cfg, student) if cfg.loss != "ce" else None
     if caches:
         teachers = [c.teacher() for c in caches]  # tokenizer and logit width only: no teacher model is loaded
     else:
@@ -439,18 +439,21 @@ def _objective(cfg: DistillConfig, prep: Prepared) -> torch.nn.Module:
                        ce_weight=0.0 if cfg.on_policy_ratio >= 1.0 else 1.0)
 
 
-def _teacher_caches(cfg: DistillConfig):
+def _teacher_caches(cfg: DistillConfig, student: LoadedModel):
     """The run's teacher caches, checked against it (one line for what differs), or None."""
     if not cfg.teacher_caches:
         return None
-    from ..teacher_cache import TeacherCache
+    from ..teacher_cache import TeacherCache, sha256_file
 
     if cfg.position == "chunk_mean":
         raise XtokError("position 'chunk_mean' averages the teacher's full distributions over a group, which a teacher "
                         "cache does not store; use --position boundary or chain with --teacher-cache")
     caches = [TeacherCache.open(d) for d in cfg.teacher_caches]
+    data = {} if cfg.data is None else dict(data_sha256=sha256_file(cfg.data), student_tokenizer=student.tok,
+                                            seq_len=cfg.seq_len, heldout_fraction=cfg.heldout_fraction,
+                                            text_field=cfg.text_field)
     for c in caches:
-        c.check(temperature=cfg.temperature, max_length=cfg.seq_len)
+        c.check(temperature=cfg.temperature, max_length=cfg.seq_len, **data)
     return caches
 
 

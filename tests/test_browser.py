@@ -310,7 +310,13 @@ def test_distill_run_live_curve_stop_and_reopen(server, chromium):
     shot(pg2, "distill-stopped")
     if status["state"] == "stopped":  # resume continues from the checkpoint to the end
         pg2.get_by_role("button", name="Resume run").click()
-        expect(pg2.get_by_text(re.compile(rf"{re.escape(run_dir.name)} · state (running|finished)"))).to_be_visible()
+        # the resumed process writes status.json once it has started (imports, models, W): wait for the file,
+        # then for the page, which shows what the file says
+        deadline = time.time() + 120
+        while json.loads((run_dir / "status.json").read_text())["state"] == "stopped" and time.time() < deadline:
+            time.sleep(0.5)
+        expect(pg2.get_by_text(re.compile(rf"{re.escape(run_dir.name)} · state (running|finished)"))).to_be_visible(
+            timeout=30_000)
         deadline = time.time() + 240
         while json.loads((run_dir / "status.json").read_text())["state"] != "finished" and time.time() < deadline:
             time.sleep(1)

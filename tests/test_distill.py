@@ -154,6 +154,22 @@ def test_two_teachers_weighted_by_alpha_one_through_w_one_with_the_students_toke
     assert row["pairs/t1"] > row["pairs/t0"]  # every student position vs aligned group boundaries only
 
 
+def test_teacher_topk_reaches_the_runs_pkl_term(tmp_path):
+    """--teacher-topk is pkl_loss(teacher_topk=k) inside the run: k at the vocabulary gives the plain run's
+    KD, a small k another one; the one-teacher-direct-KL case and the refusals are one line each."""
+    base = small(steps=1, fixed_batch=True, loss="pkl")
+    plain, = run_distillation(base, tmp_path / "plain", progress=False).metrics
+    every, = run_distillation(base.replace(teacher_topk=10**6), tmp_path / "every", progress=False).metrics
+    few, = run_distillation(base.replace(teacher_topk=2), tmp_path / "few", progress=False).metrics
+    # float32 sums over a 151k-wide row: the same terms in another order at most
+    assert every["kd"] == pytest.approx(plain["kd"], rel=1e-4)
+    assert abs(few["kd"] - plain["kd"]) > 1e-3 * plain["kd"]
+    for bad, match in [(dict(loss="hkl"), "P-KL's teacher top-k"), (dict(learnable_w=True), "fixed W"),
+                       (dict(teacher_topk=0), "at least 1"), (dict(teacher_caches=["cache"]), "holds its own top-K")]:
+        with pytest.raises(XtokError, match=match):
+            small(**{"teacher_topk": 4, **bad})
+
+
 # ------------------------------------------------------------------------------------------ on-policy
 def test_on_policy_teacher_gets_its_own_tokenization_of_the_decoded_student_text(tok, tmp_path, monkeypatch):
     llama, qwen = tok("llama-3.2"), tok("qwen2.5")

@@ -55,6 +55,9 @@ class DistillConfig:
     kd_weight: float | None = opt(None, "fixed λ in CE + λ·KD (default: dynamic λ = sg(CE)/sg(KD), the paper's)")
     learnable_w: bool = opt(False, "train W's non-zero values (the paper's best P-KL variant)")
     w_lr: float = opt(1e-2, "learning rate of a learned W")
+    teacher_topk: int | None = opt(None, "P-KL with a fixed W: compare in the teacher's top-k columns of each batch "
+                                   "(NeMo-RL's microbatch-global teacher top-k; default: all columns). A teacher with "
+                                   "the student's tokenizer (direct KL) is unaffected")
 
     # optimisation
     steps: int = opt(300, "training steps (with --resume: a new target for the run)")
@@ -123,6 +126,17 @@ class DistillConfig:
             # on-policy text is sampled by the student during the run: no cache can hold the teacher on it
             raise XtokError("--on-policy-ratio > 0 needs the teacher on the student's own samples, which a teacher cache "
                             "cannot hold; drop --teacher-cache or set --on-policy-ratio 0")
+        if self.teacher_topk is not None:
+            if self.teacher_topk < 1:
+                raise XtokError(f"--teacher-topk {self.teacher_topk} must be at least 1; omit it to use every column")
+            if self.loss not in ("pkl", "auto"):
+                raise XtokError(f"--teacher-topk is P-KL's teacher top-k, not {self.loss!r}'s; use --loss pkl or drop it")
+            if self.learnable_w:
+                raise XtokError("--teacher-topk needs a fixed W (the columns are picked before W is applied); "
+                                "drop --learnable-w or --teacher-topk")
+            if self.teacher_caches:
+                raise XtokError("--teacher-topk picks columns from the teacher's full logits, and a teacher cache holds "
+                                "its own top-K already (xtok teacher-cache --top-k); drop --teacher-topk")
         if not 0.0 <= self.on_policy_ratio <= 1.0:
             raise XtokError(f"--on-policy-ratio {self.on_policy_ratio} is outside [0, 1]; pass a fraction")
         if not 0.0 <= self.heldout_fraction < 1.0:

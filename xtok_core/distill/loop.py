@@ -432,7 +432,12 @@ def _objective(cfg: DistillConfig, prep: Prepared) -> torch.nn.Module:
         return CrossEntropyOnly()
     from ..losses import DistillLoss, Teacher
 
-    specs = [Teacher(W=w, alpha=a, loss=prep.loss, learnable=cfg.learnable_w and w is not None, name=f"t{i}")
+    if cfg.teacher_topk is not None and prep.loss != "pkl":  # --loss auto resolved to another loss
+        raise XtokError(f"--teacher-topk is P-KL's teacher top-k, and this run's loss is {prep.loss!r}; "
+                        "drop --teacher-topk or pass --loss pkl")
+    # a teacher with the student's tokenizer (W None) is direct KL: teacher top-k does not apply to it
+    specs = [Teacher(W=w, alpha=a, loss=prep.loss, learnable=cfg.learnable_w and w is not None, name=f"t{i}",
+                     topk=cfg.teacher_topk if w is not None else None)
              for i, (w, a) in enumerate(zip(prep.projections, cfg.teacher_weights))]
     # pure on-policy (every row sampled by the student) is KD only: there is no corpus row for CE
     return DistillLoss(specs, temperature=cfg.temperature, kd_weight=cfg.kd_weight, position=cfg.position,

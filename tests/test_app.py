@@ -338,6 +338,26 @@ def test_a_run_process_group_is_stopped_by_sigterm_and_seen_as_ended(tmp_path):
     assert runs.load_run(d).state == "ended" and not runs.stop_run(runs.load_run(d))
 
 
+def test_a_resumed_run_is_running_before_it_rewrites_the_previous_status(tmp_path):
+    from xtok_app import runs
+
+    d = tmp_path / "runs" / "resumed"
+    d.mkdir(parents=True)
+    (d / "status.json").write_text(json.dumps({"state": "stopped", "pid": 1, "step": 4}))  # the first process's
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (d / "launch.json").write_text(json.dumps({"pid": proc.pid}))  # the resumed process, not started yet
+        run = runs.load_run(d)
+        assert run.state == "starting" and run.running and not run.resumable
+        (d / "status.json").write_text(json.dumps({"state": "running", "pid": proc.pid, "step": 4}))
+        assert runs.load_run(d).state == "running"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    (d / "status.json").write_text(json.dumps({"state": "stopped", "pid": 1, "step": 4}))
+    assert runs.load_run(d).state == "ended"  # the resumed process died before it said anything
+
+
 def test_launch_records_the_command_and_the_output(tmp_path):
     from xtok_app import runs
 

@@ -83,6 +83,11 @@ class Run:
         """running / finished / failed / stopped, `starting` before the CLI wrote its status, and
         `ended` for a process that is gone without saying how (killed)."""
         s = self.status.get("state") or self.status.get("status")
+        launched, wrote = self.launch.get("pid"), self.status.get("pid")
+        if launched and wrote and int(launched) != int(wrote):
+            # status.json is the previous process's (a resumed run before the new one wrote its own):
+            # the launched process decides, else a resumed run would read `stopped` until its first step
+            s = None
         if s in TERMINAL:
             return s
         alive = self.pid is not None and _alive(int(self.pid))

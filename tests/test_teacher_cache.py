@@ -260,3 +260,54 @@ def _teacher_of(cfg):
     from xtok_core.models import load_model
 
     return load_model(cfg.teachers[0], tiny_dim=cfg.tiny_dim, tiny_layers=cfg.tiny_layers, seed=cfg.seed)
+
+
+def test_a_cache_of_the_generated_corpus_serves_default_runs_and_says_how_far_it_got(tmp_path):
+    from xtok_core.distill import run_distillation
+    from xtok_core.distill.data import TextBatches
+    from xtok_core.teacher_cache import PROGRESS, generated_examples
+
+    cfg = _run_config(corpus_lines=60)
+    seen = []
+    cache = build_teacher_cache(_teacher_of(cfg), None, tmp_path / "cache", top_k=16, corpus_lines=60,
+                                text_chars=cfg.text_chars, seed=cfg.seed, batch_size=4, show_progress=False,
+                                progress=lambda f, msg: seen.append(f))
+    # every example a run on this corpus can draw, whatever its steps and batch size
+    examples = generated_examples(60, cfg.text_chars, cfg.seed)
+    assert cache.manifest["n_examples"] == len(examples) > cfg.steps * cfg.batch_size
+    assert set(TextBatches(60, cfg.text_chars, cfg.batch_size, cfg.seed)(0)) <= set(examples)
+    progress = json.loads((cache.root / PROGRESS).read_text())
+    assert progress["state"] == "complete" and progress["done"] == progress["total"] == len(examples)
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    result = run_distillation(_run_config(corpus_lines=60, teacher_caches=[str(cache.root)]), tmp_path / "run",
+                              progress=False)
+    assert len(result.metrics) == cfg.steps and all(m["pairs/t0"] > 0 for m in result.metrics)
+    for kw, words in (({"corpus_lines": 61}, ("corpus_lines 60", "61", "--corpus-lines")),
+                      ({"seed": cfg.seed + 1}, (f"seed {cfg.seed}", f"uses {cfg.seed + 1}")),
+                      ({"text_chars": 80}, ("text_chars",))):
+        with pytest.raises(XtokError) as e:
+            run_distillation(_run_config(**{"corpus_lines": 60, **kw}, teacher_caches=[str(cache.root)]),
+                             tmp_path / f"x{list(kw)[0]}", progress=False)
+        assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_a_cache_of_a_data_file_is_refused_for_a_run_on_the_generated_corpus(cache, tmp_path):
+    from xtok_core.distill import run_distillation
+
+    with pytest.raises(XtokError) as e:
+        run_distillation(_run_config(teacher_caches=[str(cache.root)]), tmp_path / "run", progress=False)
+    assert "\n" not in str(e.value) and "--data" in str(e.value) and "generated corpus" in str(e.value), str(e.value)
+
+
+def test_a_failed_build_says_why_in_its_progress_file(teacher, tmp_path):
+    from xtok_core.teacher_cache import PROGRESS
+
+    def boom(si):
+        raise RuntimeError("disk full while writing\nsecond line")
+
+    with pytest.raises(RuntimeError):
+        build_teacher_cache(teacher, TEXTS, tmp_path / "c", top_k=4, shard_size=8, batch_size=4, show_progress=False,
+                            after_shard=boom)
+    progress = json.loads((tmp_path / "c" / PROGRESS).read_text())
+    assert progress["state"] == "failed" and progress["error"] == "disk full while writing"
+    assert progress["done"] == 8 and progress["total"] == len(TEXTS)

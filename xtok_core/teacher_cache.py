@@ -87,6 +87,15 @@ def run_windows(path: "str | Path", window_tok, seq_len: int, *, text_field: str
     return window_documents(train, window_tok, max(1, int(seq_len) - 1))
 
 
+def generated_examples(corpus_lines: int, text_chars: int, seed: int) -> list[str]:
+    """Every example a run without --data draws its batches from (the generated corpus, packed): a cache of
+    them serves any such run with the same corpus settings, whatever its steps and batch size."""
+    from .corpus import generate_corpus
+    from .distill.data import pack_examples
+
+    return pack_examples(generate_corpus(int(corpus_lines), int(seed)), int(text_chars))
+
+
 def _data(data, window_tok, windows: dict) -> tuple[list[str], str, str]:
     """(texts, description, sha256) of a data file (windowed as a run windows it) or a list of texts."""
     if isinstance(data, (str, Path)):
@@ -104,6 +113,18 @@ def _write_atomic(path: Path, payload: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+PROGRESS = "progress.json"
+
+
+def _write_progress(root: Path, **fields) -> None:
+    """`progress.json`: state (building / complete / failed), examples done and total, started / updated
+    times, pid: what the app's progress bar and ETA read, from any browser, after a reload. Replaced
+    atomically (no fsync: it is advisory, the manifest is what counts)."""
+    tmp = root / f".{PROGRESS}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "updated": time.time(), **fields}))
+    os.replace(tmp, root / PROGRESS)
 
 
 def _shard_name(i: int) -> str:
@@ -141,19 +162,22 @@ def build_teacher_cache(teacher, data, out: "str | Path", *, top_k: int = 64, te
                         max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 8,
                         shard_size: int = DEFAULT_SHARD_SIZE, dtype: str = "float16", device: str = "auto",
                         student=None, seq_len: int = 96, text_field: str = "text", heldout_fraction: float = 0.02,
+                        corpus_lines: int = 20_000, text_chars: int = 200, seed: int = 0,
                         progress: Callable[[float, str], None] | None = None, show_progress: bool = True,
                         after_shard: Callable[[int], None] | None = None) -> "TeacherCache":
     """Run `teacher` over `data` once and store its top-K distributions in `out` (resumes a partial build).
 
     teacher: a model spec for `xtok_core.load_model` ("smollm2-135m-instruct", a directory, `tiny:…`) or a
-    loaded model (`.model`, `.tok`). data: a list of texts (the examples as they are), or a data file as
+    loaded model (`.model`, `.tok`). data: None for the generated corpus a run without --data trains on (every
+    packed example of `corpus_lines`, `text_chars`, `seed`, the run's settings; checked), a list of texts (the
+    examples as they are), or a data file as
     `xtok distill --data` reads it (.txt documents separated by blank lines, .jsonl, .parquet, .csv), cut the
     way such a run cuts it: held-out documents (`heldout_fraction`) dropped, the rest in windows of
     `seq_len` − 1 tokens of the student's tokenizer (`student`: a tokenizer or model spec, a `Tok`; default the
     teacher's). A run from the cache must use the same data, student tokenizer, seq_len and held-out fraction
     (checked). Each example is the teacher's encoding with its special tokens, cut to `max_length` tokens.
-    progress(fraction, message) is called after every batch (the app's progress bar); `show_progress` draws a
-    tqdm bar with an ETA on stderr. GPU when there is one (`device="auto"`), in bf16 autocast like training.
+    progress(fraction, message) is called after every batch; `show_progress` draws a tqdm bar with an ETA on
+    stderr; DIR/progress.json says the same to other processes (the app's progress bar). GPU when there is one (`device="auto"`), in bf16 autocast like training.
     """
     if dtype not in DTYPES:
         raise XtokError(f"unknown cache dtype {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -167,11 +191,16 @@ def build_teacher_cache(teacher, data, out: "str | Path", *, top_k: int = 64, te
     lm = load_model(teacher) if isinstance(teacher, str) else teacher
     spec = teacher if isinstance(teacher, str) else getattr(lm, "spec", type(lm.model).__name__)
     window_tok = _tokenizer_of(student) if student is not None else lm.tok
-    windows = None
-    if isinstance(data, (str, Path)):
+    windows = corpus = None
+    if data is None:
+        corpus = {"corpus_lines": int(corpus_lines), "text_chars": int(text_chars), "seed": int(seed)}
+        data = generated_examples(**corpus)
+    elif isinstance(data, (str, Path)):
         windows = {"student_tokenizer": window_tok.name, "student_tokenizer_sha256": window_tok.sha256,
                    "seq_len": int(seq_len), "text_field": text_field, "heldout_fraction": float(heldout_fraction)}
     texts, data_desc, data_sha = _data(data, window_tok, windows)
+    if corpus is not None:
+        data_desc = "generated corpus ({corpus_lines} lines, {text_chars} characters per example, seed {seed})".format(**corpus)
     if not texts:
         raise XtokError(f"the data {data_desc} holds no example; give it at least one non-empty line")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -183,7 +212,7 @@ def build_teacher_cache(teacher, data, out: "str | Path", *, top_k: int = 64, te
               "teacher_sha256": model_sha256(model), "tokenizer": lm.tok.name, "tokenizer_sha256": lm.tok.sha256,
               "vocab_size": vocab, "data": data_desc, "data_sha256": data_sha, "n_examples": len(texts),
               "top_k": k, "temperature": float(temperature), "max_length": int(max_length), "dtype": dtype,
-              "shard_size": int(shard_size), "add_special_tokens": True, "windows": windows}
+              "shard_size": int(shard_size), "add_special_tokens": True, "windows": windows, "corpus": corpus}
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     manifest = _resume_manifest(root, params)
@@ -201,6 +230,8 @@ def build_teacher_cache(teacher, data, out: "str | Path", *, top_k: int = 64, te
         bar = tqdm(total=total, initial=finished, desc="teacher cache", unit="ex", dynamic_ncols=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     pad, t0 = pad_id(lm.tok), time.time()
+    resumed_from, shown = finished, 0.0
+    _write_progress(root, state="building", done=finished, total=total, started=t0, resumed_from=resumed_from)
     try:
         for si in range(n_shards):
             if si in done:
@@ -215,8 +246,12 @@ def build_teacher_cache(teacher, data, out: "str | Path", *, top_k: int = 64, te
                 if bar is not None:
                     bar.update(len(ids[b:b + batch_size]))
                 if progress is not None:
-                    rate = (time.time() - t0) / max(1, finished - sum(s["count"] for s in manifest["shards"]))
+                    rate = (time.time() - t0) / max(1, finished - resumed_from)
                     progress(finished / total, f"{finished}/{total} examples, ~{rate * (total - finished):.0f} s left")
+                if time.time() - shown > 0.5:
+                    shown = time.time()
+                    _write_progress(root, state="building", done=finished, total=total, started=t0,
+                                    resumed_from=resumed_from)
             entry = _write_shard(root, si, first, chunk, ids, parts, DTYPES[dtype])
             manifest["shards"].append(entry)
             manifest["shards"].sort(key=lambda s: s["index"])
@@ -224,11 +259,17 @@ def build_teacher_cache(teacher, data, out: "str | Path", *, top_k: int = 64, te
             _write_atomic(root / MANIFEST, json.dumps(manifest, indent=1).encode())
             if after_shard is not None:
                 after_shard(si)
+    except BaseException as e:
+        error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _write_progress(root, state="failed", done=finished, total=total, started=t0, resumed_from=resumed_from,
+                        error=error)
+        raise
     finally:
         if bar is not None:
             bar.close()
     manifest["complete"] = True
     _write_atomic(root / MANIFEST, json.dumps(manifest, indent=1).encode())
+    _write_progress(root, state="complete", done=total, total=total, started=t0, resumed_from=resumed_from)
     return TeacherCache.open(root)
 
 
@@ -368,12 +409,25 @@ class TeacherCache:
 
     def check(self, *, tokenizer=None, temperature: float | None = None, data_sha256: str | None = None,
               max_length: int | None = None, vocab_size: int | None = None, student_tokenizer=None,
-              seq_len: int | None = None, heldout_fraction: float | None = None, text_field: str | None = None) -> None:
+              seq_len: int | None = None, heldout_fraction: float | None = None, text_field: str | None = None,
+              corpus: dict | None = None) -> None:
         """Refuse a cache built for another run, with one line naming the first difference. The student's
         tokenizer, seq_len, held-out fraction and text field matter for a cache built from a data file: they
-        decide the windows the run trains on."""
+        decide the windows the run trains on. `corpus` (corpus_lines, text_chars, seed) is a run on the
+        generated corpus: a cache of that corpus must have been built with the same settings."""
         m, root = self.manifest, self.root
         w = m.get("windows")
+        if corpus is not None:
+            if w is not None:
+                raise XtokError(f"teacher cache {root} was built from the data file {m['data']}, this run trains on the "
+                                f"generated corpus; pass --data {m['data']} or build a cache without --data")
+            built = m.get("corpus")
+            for key in ("corpus_lines", "text_chars", "seed"):
+                if built is not None and int(built[key]) != int(corpus[key]):
+                    flag = "--" + key.replace("_", "-")
+                    raise XtokError(f"teacher cache {root} holds the generated corpus with {key} {built[key]}, this run "
+                                    f"uses {corpus[key]}; pass {flag} {built[key]} or build the cache with {flag} "
+                                    f"{corpus[key]}")
         if data_sha256 is not None and w is None:
             raise XtokError(f"teacher cache {root} was built from a list of texts ({m['data']}), not from a --data file; "
                             "build it with xtok teacher-cache --data from this run's file")

@@ -454,9 +454,11 @@ def _teacher_caches(cfg: DistillConfig, student: LoadedModel):
         raise XtokError("position 'chunk_mean' averages the teacher's full distributions over a group, which a teacher "
                         "cache does not store; use --position boundary or chain with --teacher-cache")
     caches = [TeacherCache.open(d) for d in cfg.teacher_caches]
-    data = {} if cfg.data is None else dict(data_sha256=sha256_file(cfg.data), student_tokenizer=student.tok,
-                                            seq_len=cfg.seq_len, heldout_fraction=cfg.heldout_fraction,
-                                            text_field=cfg.text_field)
+    if cfg.data is None:  # the generated corpus: the same corpus settings
+        data = dict(corpus={"corpus_lines": cfg.corpus_lines, "text_chars": cfg.text_chars, "seed": cfg.seed})
+    else:
+        data = dict(data_sha256=sha256_file(cfg.data), student_tokenizer=student.tok, seq_len=cfg.seq_len,
+                    heldout_fraction=cfg.heldout_fraction, text_field=cfg.text_field)
     for c in caches:
         c.check(temperature=cfg.temperature, max_length=cfg.seq_len, **data)
     return caches

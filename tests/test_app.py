@@ -300,7 +300,7 @@ def test_distill_preselects_the_audits_loss_and_lists_past_runs():
     _fake_run(root, "a-run", "finished", 10)
     _fake_run(root, "b-run", "stopped", 4)
     at = app("distill", student="gpt2", teacher="qwen2.5")
-    assert at.selectbox(key="f_loss").value == "pkl"
+    assert at.selectbox(key="cfg_loss").value == "pkl"
     runs_table = at.dataframe[0].value
     assert set(runs_table["run"]) == {"a-run", "b-run"}
     assert dict(zip(runs_table["run"], runs_table["state"])) == {"a-run": "finished", "b-run": "stopped"}
@@ -316,7 +316,7 @@ def test_distill_preselects_the_audits_loss_and_lists_past_runs():
 
 def test_distill_preselects_hkl_for_a_pair_that_shares_numerals():
     at = app("distill", student="qwen2.5", teacher="qwen3")
-    assert at.selectbox(key="f_loss").value == "hkl"
+    assert at.selectbox(key="cfg_loss").value == "hkl"
 
 
 def test_a_run_process_group_is_stopped_by_sigterm_and_seen_as_ended(tmp_path):
@@ -398,16 +398,16 @@ def test_the_run_form_launches_the_cli_with_the_chosen_settings():
     from xtok_app import runs
 
     at = app("distill", student="gpt2", teacher="qwen2.5")
-    assert at.number_input(key="f_steps").value == 300  # the CLI's default, from DistillConfig
+    assert at.number_input(key="cfg_steps").value == 300  # the CLI's default, from DistillConfig
     assert at.slider(key="f_alpha").disabled and at.text_input(key="f_second_model").disabled
     at.checkbox(key="f_second").check().run()  # outside the form: the second teacher's fields follow it
     assert not at.slider(key="f_alpha").disabled and not at.text_input(key="f_second_model").disabled
-    at.selectbox(key="f_loss").set_value("hkl")
-    at.number_input(key="f_steps").set_value(3)
+    at.selectbox(key="cfg_loss").set_value("hkl")
+    at.number_input(key="cfg_steps").set_value(3)
     at.checkbox(key="f_dynamic").uncheck()
     at.number_input(key="f_kdw").set_value(0.5)
     at.slider(key="f_alpha").set_value(0.25)
-    at.checkbox(key="f_demo").uncheck()
+    at.checkbox(key="cfg_train_demo_teacher").uncheck()
     at.button[0].click()  # the form's submit button
     at.run()
     assert not at.exception
@@ -615,3 +615,88 @@ def test_alignment_of_a_conversation_greys_the_templates():
         assert block.count('<span class="xtok-chip') == len(group)
     at.text_area(key="align_chat").set_value('[{"role": "user"').run()
     assert len(at.error) == 1 and "not valid JSON" in at.error[0].value
+
+
+# ---------------------------------------------------------------- Distill: the run schema and teacher caches
+def _cfg_widgets(at: AppTest) -> dict:
+    from xtok_app import runs
+
+    kinds = ("selectbox", "number_input", "slider", "checkbox", "text_input")
+    return {w.key: w.value for kind in kinds for w in at.get(kind) if str(w.key).startswith(runs.FIELD_PREFIX)}
+
+
+def test_the_distill_pages_run_fields_are_distill_config_fields_with_its_defaults():
+    import dataclasses
+
+    from xtok_app import runs
+    from xtok_core.distill import DistillConfig
+
+    at = app("distill", student="gpt2", teacher="qwen2.5")  # a pair whose audit recommends DistillConfig's loss
+    fields = runs.widget_config(_cfg_widgets(at))
+    assert {"loss", "steps", "lr", "on_policy_ratio", "batch_size", "eval_every", "teacher_topk",
+            "train_demo_teacher", "corpus_lines"} <= set(fields)
+    assert set(fields) <= {f.name for f in dataclasses.fields(DistillConfig)}
+    defaults = DistillConfig()
+    assert fields == {name: getattr(defaults, name) for name in fields}
+
+
+def _fake_cache(root: Path, name: str, *, manifest=None, progress=None, pid=None, log=""):
+    d = root / "caches" / name
+    d.mkdir(parents=True)
+    if manifest is not None:
+        (d / "manifest.json").write_text(json.dumps(manifest))
+    if progress is not None:
+        (d / "progress.json").write_text(json.dumps(progress))
+    if pid is not None:
+        (d / "launch.json").write_text(json.dumps({"pid": pid, "command": ["true"], "started": time.time()}))
+    (d / "app.log").write_text(log)
+    return d
+
+
+def test_the_distill_page_follows_cache_builds_and_launches_a_run_from_a_complete_cache():
+    from xtok_app import runs
+
+    root = Path(os.environ["XTOK_RUNS_DIR"])
+    now = time.time()
+    done = _fake_cache(root, "done", manifest={"complete": True, "teacher": "tiny:qwen2.5", "top_k": 8, "n_examples": 36,
+                                               "shards": [{"bytes": 6000, "tokens": 100}]})
+    live = subprocess.Popen(["sleep", "60"])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        # 10 of 40 examples in 20 s: 30 left at 2 s each
+        _fake_cache(root, "live", pid=live.pid, progress={"state": "building", "done": 10, "total": 40, "started": now - 20,
+                                                          "updated": now, "resumed_from": 0})
+        _fake_cache(root, "dead", pid=gone.pid, log="loading\nxtok teacher-cache: error: no such model 'x'; see xtok models\n")
+        at = app("distill", student="gpt2", teacher="qwen2.5")
+        (bar,) = at.get("progress")
+        assert bar.proto.value == 25 and "10 / 40 examples" in bar.proto.text
+        # the ETA counts down from 60 s by the time since the last progress line
+        m = re.search(r"about (?:(\d+) min )?(\d+) s left", bar.proto.text)
+        eta = 60 * int(m.group(1) or 0) + int(m.group(2))
+        assert 60 - (time.time() - now) - 1 <= eta <= 60, bar.proto.text
+        assert [e.value for e in at.error] == ["xtok teacher-cache: error: no such model 'x'; see xtok models"]
+        assert [b.label for b in at.button if b.key and b.key.startswith("resume_cache_")] == ["Resume build"]
+        assert any("done" in m.value and "60 bytes per teacher token" in m.value for m in at.markdown)
+        pick = at.selectbox(key="f_cache")
+        assert pick.options[1:] == [f"done · tiny:qwen2.5 · K = 8"]  # only the complete cache is offered
+    finally:
+        live.kill()
+        live.wait()
+    pick.set_value("done")
+    at.number_input(key="cfg_steps").set_value(2)
+    next(b for b in at.button if b.label == "Launch run").click()
+    at.run()
+    assert not at.exception
+    # the build that was live is gone now, without an error of its own: the page says how far it got
+    assert sorted(e.value for e in at.error) == [
+        "the build ended at 10 / 40 examples without an error (killed?); resume it to go on from its complete shards",
+        "xtok teacher-cache: error: no such model 'x'; see xtok models"]
+    (run,) = runs.list_runs()
+    try:
+        request = json.loads((run.path / "request.json").read_text())
+        assert request["teacher_caches"] == [str(done)] and request["teachers"] == ["tiny:qwen2.5"]
+        assert request["steps"] == 2 and request["teacher_topk"] is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)  # only the request is under test here

@@ -160,9 +160,15 @@ def launch_run(distill_args: list[str], out: Path, *, resume: bool = False) -> R
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "xtok_core", "distill", *map(str, distill_args), "--resume" if resume else "--out", str(out)]
+    spawn(cmd, out)
+    return load_run(out)
+
+
+def spawn(cmd: list[str], out: Path) -> dict:
+    """Start `cmd` in its own process group with its output appended to `out/app.log`, and record its pid
+    and command in `out/launch.json` (replacing an earlier launch's). Returns that record."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if resume:  # the previous launch's pid is gone; a new one follows
-        (out / "launch.json").unlink(missing_ok=True)
+    (out / "launch.json").unlink(missing_ok=True)  # an earlier launch's pid is gone; the new one follows
     with open(out / "app.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env, close_fds=True)
@@ -172,7 +178,21 @@ def launch_run(distill_args: list[str], out: Path, *, resume: bool = False) -> R
     os.replace(tmp, out / "launch.json")
     # The Popen object is dropped on purpose: liveness is checked by pid (see `_alive`), which also
     # works after the app restarted.
-    return load_run(out)
+    return launch
+
+
+FIELD_PREFIX = "cfg_"
+
+
+def widget_config(values: dict) -> dict:
+    """DistillConfig fields from the Distill page's widgets keyed `cfg_<field>`: each holds its field's value
+    (a 0 in the teacher top-k box means off, None)."""
+    out = {}
+    for key, value in values.items():
+        if str(key).startswith(FIELD_PREFIX):
+            name = str(key)[len(FIELD_PREFIX):]
+            out[name] = None if name == "teacher_topk" and not value else value
+    return out
 
 
 REQUEST = "request.json"  # the DistillConfig the page wrote; the CLI's config.json follows it

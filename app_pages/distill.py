@@ -64,7 +64,7 @@ with st.expander("New run", expanded=not all_runs or ss.get("new_run_open", Fals
                                         else t_options[0], "f_teacher")
         cache_names = ["", *complete_caches]
         cache_pick = st.selectbox(
-            "Train from a cache (instead of running the teacher)", cache_names, key="f_cache",
+            "Train from a cache", cache_names, key="f_cache",
             format_func=lambda n: (f"{n} · {complete_caches[n].setting('teacher')} · K = {complete_caches[n].setting('top_k')}"
                                    if n else "none: run the teacher at every step"),
             help="A teacher cache (built below) holds the teacher's top-K distributions over the generated corpus; "

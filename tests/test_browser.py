@@ -66,7 +66,7 @@ def server(tmp_path_factory):
         time.sleep(0.3)
     yield {"url": url, "runs": tmp / "runs", "log": tmp / "streamlit.log"}
     # the server and any run it launched share nothing: runs have their own process groups
-    for run in (tmp / "runs").glob("*/launch.json"):
+    for run in [*(tmp / "runs").glob("*/launch.json"), *(tmp / "runs" / "caches").glob("*/launch.json")]:
         pid = json.loads(run.read_text())["pid"]
         try:
             os.killpg(pid, signal.SIGKILL)
@@ -460,3 +460,46 @@ def test_distributions_page_with_the_real_teacher(server, page):
     expect(pg.locator(".js-plotly-plot").nth(1).locator(".bars path").first).to_be_attached()
     expect(pg.locator("table.xtok-feeders tbody tr").first).to_be_visible()
     shot(pg, "distributions")
+
+
+def test_a_teacher_cache_built_from_the_page_feeds_a_run(server, page):
+    open_page(page, server["url"] + f"/distill?{QUERY}", "Distill")
+    page.get_by_text("Build a teacher cache", exact=True).click()
+    choose(page, "Model to cache", "tiny:qwen2.5")  # a random tiny teacher: seconds on CPU
+    page.get_by_label("Top-K kept", exact=True).fill("8")
+    page.get_by_label("Corpus lines to cache", exact=True).fill("200")
+    page.get_by_role("button", name="Build cache").click()
+    expect(page.get_by_text(re.compile(r"^Building "))).to_be_visible()
+    cache_dir = next((server["runs"] / "caches").glob("*/launch.json")).parent
+    # the list follows the build until it is complete (a bar while it builds), with no reload
+    expect(page.get_by_text(re.compile(rf"{re.escape(cache_dir.name)} · tiny:qwen2.5 · K = 8 · state complete · "
+                                       r"\d+ examples · \d+ bytes per teacher token"))).to_be_visible(timeout=240_000)
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["corpus"]["corpus_lines"] == 200 and manifest["top_k"] == 8
+    assert json.loads((cache_dir / "progress.json").read_text())["state"] == "complete"
+    shot(page, "distill-cache")
+
+    picker = page.get_by_role("combobox", name="Train from a cache", exact=True)
+    if not picker.is_visible():
+        page.get_by_text("New run", exact=True).click()  # folded when there are runs already
+    choose(page, "Train from a cache", f"{cache_dir.name} · tiny:qwen2.5 · K = 8")
+    page.get_by_label("Steps", exact=True).fill("2")
+    page.get_by_text("More settings").click()
+    page.get_by_label("Batch size", exact=True).fill("2")
+    page.get_by_label(re.compile("^Evaluate arithmetic")).fill("0")
+    page.get_by_label("Generated corpus lines", exact=True).fill("200")  # the corpus the cache holds
+    page.get_by_role("button", name="Launch run").click()
+    expect(page.get_by_text(re.compile(r"^Launched "))).to_be_visible()
+    run_dir = next(p.parent for p in server["runs"].glob("*/request.json")
+                   if json.loads(p.read_text()).get("teacher_caches"))
+    request = json.loads((run_dir / "request.json").read_text())
+    assert request["teacher_caches"] == [str(cache_dir)] and request["teachers"] == ["tiny:qwen2.5"]
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").exists() else {}
+        if status.get("state") in ("finished", "failed"):
+            break
+        time.sleep(1)
+    assert status.get("state") == "finished", (run_dir / "app.log").read_text(errors="replace")[-1500:]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["pairs/t0"] > 0 and m["kd"] > 0 for m in metrics)

@@ -81,9 +81,9 @@ except XtokError as e:
     st.error(str(e))
     w = None
 if w is not None:
-    from xtok_core.projection import KINDS
+    from xtok_core.projection import ROW_KINDS
 
-    counts = {k: int(n) for k, n in zip(KINDS, np.bincount(w.kinds, minlength=len(KINDS))) if n}
+    counts = {k: int(n) for k, n in zip(ROW_KINDS, np.bincount(w.kinds, minlength=len(ROW_KINDS))) if n}
     # A table, not st.metric: a metric cuts long values ("128,256 × 15…") to its column's width.
     st.markdown(table_html(["shape (student × teacher)", "non-zeros", "exact rows", "W sha256"],
                            [[f"{w.shape[0]:,} × {w.shape[1]:,}", f"{w.matrix.nnz:,}",

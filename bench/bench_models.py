@@ -59,11 +59,12 @@ def step_share(repeats: int) -> dict:
     from xtok_core.align import align_batch
     from xtok_core.distill import DistillConfig
     from xtok_core.distill import loop as L
+    from xtok_core.distill.objective import build_objective
     from xtok_core.distill.data import TextBatches
 
     cfg = DistillConfig(eval_every=0)
     prep = L.prepare(cfg, log=lambda *a: None)
-    obj = L._objective(cfg, prep)
+    obj = build_objective(cfg, prep)
     batches = TextBatches(cfg.corpus_lines, cfg.text_chars, cfg.batch_size, cfg.seed)
     opt = torch.optim.AdamW(prep.student.model.parameters(), lr=cfg.lr)
     parts = {"align": 0.0, "teacher forward": 0.0, "student forward + loss + backward + step": 0.0}

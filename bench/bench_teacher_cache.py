@@ -26,7 +26,7 @@ import torch
 from xtok_core import align_batch, load_tokenizer
 from xtok_core.corpus import generate_corpus
 from xtok_core.distill.data import pack_examples
-from xtok_core.losses import DistillLoss, Teacher
+from xtok_core.losses import DistillLoss, TeacherTerm
 from xtok_core.models import load_model, tiny_config
 from xtok_core.projection import build_projection
 from xtok_core.teacher_cache import build_teacher_cache
@@ -89,7 +89,7 @@ def main(argv=None):
     smol_tok = teacher.tok
     s_same = tiny_student(smol_tok)
     opt_a = torch.optim.AdamW(s_same.parameters(), lr=1e-3)
-    crit_same = DistillLoss(Teacher(None, loss="pkl"))
+    crit_same = DistillLoss(TeacherTerm(None, loss="pkl"))
     enc = smol_tok.encode_batch(batch, add_special_tokens=True)
     T = min(args.seq_len, max(len(e.ids) for e in enc))
     ids = torch.zeros(len(batch), T, dtype=torch.long)
@@ -112,7 +112,7 @@ def main(argv=None):
     s_cross = tiny_student(s_tok)
     W = build_projection(s_tok, smol_tok, student_vocab_size=s_cross.config.vocab_size,
                          teacher_vocab_size=teacher.vocab_size)
-    crit_cross = DistillLoss(Teacher(W, loss="pkl"))
+    crit_cross = DistillLoss(TeacherTerm(W, loss="pkl"))
     opt_b = torch.optim.AdamW(s_cross.parameters(), lr=1e-3)
     cache = caches[64 if 64 in caches else ks[0]]
 
@@ -134,21 +134,33 @@ def main(argv=None):
 
 
 def deviation_table(student, s_tok, W, teacher, caches, ks, batch, seq_len):
-    """Each loss from each cache against the same loss on the teacher's full logits, on one batch."""
+    """Each loss from each cache against the same loss on the teacher's full logits, on one batch: the value's
+    relative deviation, and the gradient w.r.t. the student's logits (what training follows) as cosine and
+    relative error ‖g_K − g‖ / ‖g‖."""
     al = align_batch(batch, s_tok, teacher.tok, add_special_tokens=True, max_length=seq_len)
     with torch.no_grad():
         z = student(input_ids=al.student_ids, attention_mask=al.student_mask.long()).logits.float()
         zt = teacher.model(input_ids=al.teacher_ids, attention_mask=al.teacher_mask.long()).logits.float()
     print(f"\n# loss deviation, student {type(student).__name__} with tokenizer {s_tok.name}")
-    print("\n| loss | full logits | " + " | ".join(f"K = {k}" for k in ks) + " |")
+    print("\n| loss | full logits | " + " | ".join(f"K = {k}: value · grad cos · grad rel-err" for k in ks) + " |")
     print("| --- | ---: | " + " | ".join("---:" for _ in ks) + " |")
+
+    def value_and_grad(crit, t):
+        zz = z.clone().requires_grad_(True)
+        loss = crit(zz, [t], [al])[0]
+        (g,) = torch.autograd.grad(loss, zz)
+        return float(loss.detach()), g.flatten().double()
+
     for name in ("pkl", "hkl", "gold", "gold-trl", "uld"):
-        crit = DistillLoss(Teacher(W, loss=name), ce_weight=0.0, kd_weight=1.0)
-        with torch.no_grad():
-            full = float(crit(z, [zt], [al])[0])
-            devs = [abs(float(crit(z, [caches[k].distribution(batch, al.teacher_ids, al.teacher_mask)], [al])[0])
-                        - full) / abs(full) for k in ks]
-        print(f"| {name} | {full:.4f} | " + " | ".join(f"{d:.2%}" for d in devs) + " |")
+        crit = DistillLoss(TeacherTerm(W, loss=name), ce_weight=0.0, kd_weight=1.0)
+        full, g = value_and_grad(crit, zt)
+        cells = []
+        for k in ks:
+            v, gk = value_and_grad(crit, caches[k].distribution(batch, al.teacher_ids, al.teacher_mask))
+            cos = float(g @ gk / (g.norm() * gk.norm()).clamp_min(1e-300))
+            rel = float((gk - g).norm() / g.norm().clamp_min(1e-300))
+            cells.append(f"{abs(v - full) / abs(full):.2%} · {cos:.5f} · {rel:.2%}")
+        print(f"| {name} | {full:.4f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

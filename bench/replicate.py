@@ -55,7 +55,7 @@ import torch.nn.functional as F  # noqa: E402
 from _measure import machine, table  # noqa: E402
 
 from xtok_core.corpus import arithmetic_eval_set, generate_corpus  # noqa: E402
-from xtok_core.distill import DistillConfig, load_model_dir, run_distillation, train_teacher  # noqa: E402
+from xtok_core.distill import DistillConfig, load_model_dir, run_distillation, train_demo_teacher  # noqa: E402
 from xtok_core.distill.data import encode_padded, pack_examples  # noqa: E402
 from xtok_core.tok import Tok, load_tokenizer  # noqa: E402
 
@@ -196,7 +196,7 @@ def resolve_device(device: str) -> str:
 def prepare_teacher(name: str, setting: Setting, runs_dir: Path, device: str, log) -> tuple[Path, float]:
     """The cached demo teacher for this setting (trained now if absent) and the seconds it took."""
     t0 = time.time()
-    path = train_teacher(name, steps=setting.teacher_steps, dim=setting.teacher_dim, layers=setting.teacher_layers,
+    path = train_demo_teacher(name, steps=setting.teacher_steps, dim=setting.teacher_dim, layers=setting.teacher_layers,
                          runs_dir=str(runs_dir), device=device, progress=False, log=log,
                          batch_size=setting.teacher_batch, seq_len=setting.teacher_seq_len, lr=setting.teacher_lr)
     if not (path / "teacher.json").is_file():

@@ -64,10 +64,11 @@ from xtok_core.align import align_batch  # noqa: E402
 from xtok_core.corpus import arithmetic_eval_set  # noqa: E402
 from xtok_core.distill import DistillConfig, arithmetic_accuracy  # noqa: E402
 from xtok_core.distill.data import TextBatches, decode_samples, encode_padded, sample_continuations, split_prompt  # noqa: E402
-from xtok_core.distill.loop import CrossEntropyOnly, _lr_at  # noqa: E402
+from xtok_core.distill.loop import _lr_at  # noqa: E402
+from xtok_core.distill.objective import CrossEntropyOnly  # noqa: E402
 from xtok_core.integrations.collator import CrossTokenizerCollator  # noqa: E402
 from xtok_core.errors import XtokError  # noqa: E402
-from xtok_core.losses import DistillLoss, Teacher, TeacherDistribution  # noqa: E402
+from xtok_core.losses import DistillLoss, TeacherTerm, TeacherDistribution  # noqa: E402
 from xtok_core.models import LoadedModel, build_tiny, load_model, pad_id  # noqa: E402
 from xtok_core.projection import build_projection  # noqa: E402
 from xtok_core.teacher_cache import TeacherCache, _teacher_pass, build_teacher_cache, texts_sha256  # noqa: E402
@@ -237,7 +238,7 @@ def train(cfg: DistillConfig, student: LoadedModel, teacher: TeacherSide, device
     torch.manual_seed(cfg.seed)
     model = student.model.to(device).train()
     objective = CrossEntropyOnly() if cfg.loss == "ce" else DistillLoss(
-        [Teacher(W=projection(student, teacher.lm), alpha=1.0, loss=cfg.loss, name="t0")],
+        [TeacherTerm(W=projection(student, teacher.lm), alpha=1.0, loss=cfg.loss, name="t0")],
         temperature=cfg.temperature, kd_weight=cfg.kd_weight, position=cfg.position)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay, betas=(0.9, 0.95))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xtok_core import XtokError, bundled_tokenizers, load_tokenizer
-from xtok_core.align import KINDS, Group, align_batch, align_spans, format_alignment, visible
+from xtok_core.align import GROUP_KINDS, Group, align_batch, align_spans, format_alignment, visible
 from xtok_core.cli import main
 
 NAMED_PAIRS = [("llama-3.2", "qwen2.5"), ("gpt2", "qwen2.5"), ("mistral-7b", "llama-3.2"), ("gemma", "gpt-4o")]
@@ -244,7 +244,7 @@ def assert_batch_matches_spans(batch, student, teacher):
             assert (b.s_start[k, gi].item(), b.s_end[k, gi].item()) == ((g.student[0], g.student[-1]) if g.student else (-1, -1))
             assert (b.t_start[k, gi].item(), b.t_end[k, gi].item()) == ((g.teacher[0], g.teacher[-1]) if g.teacher else (-1, -1))
             assert b.group_mask[k, gi].item() == (g.kind in ("1:1", "1:n", "n:1", "n:m"))
-            assert KINDS[b.group_kind[k, gi].item()] == g.kind
+            assert GROUP_KINDS[b.group_kind[k, gi].item()] == g.kind
         assert not b.group_mask[k, G:].any() and (b.s_end[k, G:] == -1).all()
 
 

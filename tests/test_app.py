@@ -169,10 +169,10 @@ def test_projection_explains_the_spec_example_in_words_and_numbers():
 def test_a_truncated_row_shows_which_pieces_were_dropped(projection):
     import numpy as np
 
-    from xtok_core.projection import KINDS
+    from xtok_core.projection import ROW_KINDS
 
     w = projection("llama-3.2", "qwen2.5")
-    s = int(np.flatnonzero((w.kinds == KINDS.index("truncated")) & (w.n_pieces == 8))[0])
+    s = int(np.flatnonzero((w.kinds == ROW_KINDS.index("truncated")) & (w.n_pieces == 8))[0])
     at = app("projection", token=f"id:{s}")
     order = [m.value for m in at.markdown if m.value.startswith("Teacher pieces in order")][0]
     assert order.count('class="xtok-chip faded"') == 4 and order.count('class="xtok-chip"') == 4

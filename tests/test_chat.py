@@ -445,7 +445,7 @@ def test_one_cut_is_shared_by_the_student_and_every_teacher(chat_tok):
 
 def test_a_chat_step_trains_on_assistant_tokens_and_the_teacher_reads_its_own_template(tmp_path, chat_tok, projection):
     from xtok_core.distill.chat_data import ChatBatches, chat_step
-    from xtok_core.losses import DistillLoss, Teacher
+    from xtok_core.losses import DistillLoss, TeacherTerm
     from xtok_core.models import build_tiny
 
     student = build_tiny("tiny:llama-3.2", dim=32, layers=1, seed=0)
@@ -472,7 +472,7 @@ def test_a_chat_step_trains_on_assistant_tokens_and_the_teacher_reads_its_own_te
     assert al.teacher_ids[0, :n_t].tolist() == t_chat.ids.tolist()
     # the loss runs on these tensors: KD pairs only where the masks say
     W = projection("llama-3.2", "qwen2.5", student_vocab_size=student.vocab_size, teacher_vocab_size=teacher.vocab_size)
-    loss_fn = DistillLoss([Teacher(W=W)])
+    loss_fn = DistillLoss([TeacherTerm(W=W)])
     with torch.no_grad():
         zs = student.model(input_ids=st.student_ids, attention_mask=st.student_mask.long()).logits
         zt = teacher.model(input_ids=al.teacher_ids, attention_mask=al.teacher_mask.long()).logits

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from xtok_core.corpus import arithmetic_eval_set, generate_corpus, sample_texts
 from xtok_core.distill import DistillConfig, RunHooks, resume_distillation, run_distillation
 from xtok_core.distill import loop as loop_module
+from xtok_core.distill import objective as objective_module
 from xtok_core.distill.evaluate import arithmetic_accuracy
 from xtok_core.distill.models import build_tiny, load_model_dir, save_model_dir
 from xtok_core.distill.rundir import RunDir
@@ -141,7 +142,7 @@ def test_learned_w_is_trained_and_saved_with_the_checkpoint(tmp_path):
     from xtok_core import load_tokenizer
 
     pair = (load_tokenizer("llama-3.2").sha256, load_tokenizer("qwen2.5").sha256)
-    W = loop_module._W_CACHE[next(k for k in loop_module._W_CACHE if k[:2] == pair)]  # other tests cache other pairs
+    W = objective_module._W_CACHE[next(k for k in objective_module._W_CACHE if k[:2] == pair)]  # other tests cache other pairs
     assert logits.shape == (W.matrix.nnz,)
     assert not torch.allclose(logits, torch.from_numpy(W.matrix.data).clamp(min=1e-30).log())  # moved from log W
 
@@ -309,13 +310,13 @@ def test_kill9_then_resume_loses_and_repeats_no_step_and_restores_the_checkpoint
 
 # ------------------------------------------------------------------------------------------ teachers
 def test_demo_teacher_is_trained_once_then_reused(tmp_path, monkeypatch, tok):
-    from xtok_core.distill import teacher as teacher_module
+    from xtok_core.distill import demo_teacher as teacher_module
 
-    path = teacher_module.train_teacher("qwen2.5", steps=2, dim=16, layers=1, runs_dir=str(tmp_path), progress=False,
+    path = teacher_module.train_demo_teacher("qwen2.5", steps=2, dim=16, layers=1, runs_dir=str(tmp_path), progress=False,
                                         batch_size=2, seq_len=16, log=lambda *a: None)
     assert json.loads((path / "teacher.json").read_text())["steps"] == 2
     monkeypatch.setattr(loop_module, "run_distillation", lambda *a, **k: pytest.fail("retrained a cached teacher"))
-    again = teacher_module.train_teacher("qwen2.5", steps=2, dim=16, layers=1, runs_dir=str(tmp_path), progress=False,
+    again = teacher_module.train_demo_teacher("qwen2.5", steps=2, dim=16, layers=1, runs_dir=str(tmp_path), progress=False,
                                          batch_size=2, seq_len=16)
     assert again == path
     loaded = load_model_dir(path)
@@ -327,7 +328,7 @@ def test_demo_teacher_is_trained_once_then_reused(tmp_path, monkeypatch, tok):
 def test_loss_auto_takes_the_audit_recommendation(tok):
     student = build_tiny("tiny:llama-3.2", dim=16, layers=1)
     teacher = build_tiny("tiny:qwen2.5", dim=16, layers=1)
-    loss, note = loop_module.resolve_loss(small(loss="auto"), student, [teacher])
+    loss, note = objective_module.resolve_loss(small(loss="auto"), student, [teacher])
     assert loss == "pkl" and "pkl" in note  # Qwen splits every digit: P-KL
 
 

@@ -15,6 +15,7 @@ import pytest
 from xtok_core.cli import build_parser, main
 from xtok_core.distill import DistillConfig, run_distillation
 from xtok_core.distill import loop as loop_module
+from xtok_core.distill import objective as objective_module
 from xtok_core.distill.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_real_student_smollm2_with_gemma3_teacher(tmp_path):
     assert result.state == "finished"
     row = result.metrics[0]
     assert row["kd/t0"] > 0 and row["ce"] < 12  # a pretrained student: far below ln(49152) = 10.8 + slack
-    w = loop_module._W_CACHE[next(k for k in loop_module._W_CACHE if k[2:] == (49_152, 262_144))]
+    w = objective_module._W_CACHE[next(k for k in objective_module._W_CACHE if k[2:] == (49_152, 262_144))]
     assert w.shape == (49_152, 262_144)
 
 

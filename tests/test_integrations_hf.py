@@ -77,9 +77,9 @@ def test_truncation_keeps_one_student_prefix_for_all_teachers():
     student, qwen, gemma = (load_tokenizer(n) for n in ("llama-3.2", "qwen2.5", "gemma"))
     col = CrossTokenizerCollator(student, [qwen, gemma], max_length=7)
     batch = col([{"text": t} for t in TEXTS])
-    views = col.alignments(batch)
+    alignments = col.alignments(batch)
     s_len = batch["attention_mask"].sum(1)
-    for v in views:
+    for v in alignments:
         assert torch.equal(v.student_ids, batch["input_ids"]) and torch.equal(v.student_mask.sum(1), s_len)
         assert (v.student_group[~v.student_mask] == -1).all() and (v.teacher_group[~v.teacher_mask] == -1).all()
     for m, teacher in enumerate((qwen, gemma)):
@@ -96,7 +96,7 @@ def test_truncation_keeps_one_student_prefix_for_all_teachers():
     t_logits = [torch.randn(*t["input_ids"].shape, tk.vocab_size) for t, tk in zip(batch["teacher_inputs"], (qwen, gemma))]
     from xtok_core.losses.positions import aligned_rows
 
-    for z, v in zip(t_logits, views):
+    for z, v in zip(t_logits, alignments):
         rows = aligned_rows(s_logits, z, v)
         assert rows.student.shape[0] == rows.teacher.shape[0] > 0
 

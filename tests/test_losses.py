@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from xtok_core.errors import XtokError
 from xtok_core.losses import (
-    DistillLoss, Teacher, TeacherDistribution, aligned_rows, as_sparse_w, gold_loss, hkl_loss, host_stats, identity_w,
+    DistillLoss, TeacherTerm, TeacherDistribution, aligned_rows, as_sparse_w, gold_loss, hkl_loss, host_stats, identity_w,
     pkl_loss, trl_gold_loss, uld_loss,
 )
 from xtok_core.losses.functional import pkl_rows
@@ -126,7 +126,7 @@ def test_uld_is_zero_for_permuted_equal_distributions_of_different_widths():
 def test_gradients_match_finite_differences_with_fixed_w(kind, position):
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
-    loss = DistillLoss(Teacher(tiny_w(), loss=kind), position=position, kd_weight=0.7, temperature=1.5,
+    loss = DistillLoss(TeacherTerm(tiny_w(), loss=kind), position=position, kd_weight=0.7, temperature=1.5,
                        uncommon_topk=3, chunk_size=3)
     assert torch.autograd.gradcheck(lambda z: loss(z, zt, al)[0], (zs,), nondet_tol=NONDET, fast_mode=True)
 
@@ -135,7 +135,7 @@ def test_gradients_match_finite_differences_with_fixed_w(kind, position):
 def test_gradients_match_finite_differences_with_learned_w(position):
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
-    loss = DistillLoss(Teacher(tiny_w(), learnable=True), position=position, kd_weight=0.7, chunk_size=3)
+    loss = DistillLoss(TeacherTerm(tiny_w(), learnable=True), position=position, kd_weight=0.7, chunk_size=3)
     theta = (loss.learned["teacher0"].logits.detach().double() + 0.3 * torch.randn(11, dtype=torch.float64))
 
     def f(z, th):
@@ -340,21 +340,21 @@ def test_dense_w_is_refused():
 def test_dynamic_scaling_makes_kd_term_equal_ce_without_gradient_through_lambda():
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
-    dl = DistillLoss(Teacher(tiny_w()))
+    dl = DistillLoss(TeacherTerm(tiny_w()))
     loss, stats = dl(zs, zt, al)
     stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     assert stats["lambda"] * stats["kd"] == pytest.approx(stats["ce"], rel=1e-12)
     assert float(loss) == pytest.approx(2 * stats["ce"], rel=1e-12)
     (g,) = torch.autograd.grad(loss, zs)
     (g_ce,) = torch.autograd.grad(dl.ce(zs, al.student_ids, al.student_mask), zs)
-    (g_kd,) = torch.autograd.grad(DistillLoss(Teacher(tiny_w()), kd_weight=1.0, ce_weight=0.0)(zs, zt, al)[0], zs)
+    (g_kd,) = torch.autograd.grad(DistillLoss(TeacherTerm(tiny_w()), kd_weight=1.0, ce_weight=0.0)(zs, zt, al)[0], zs)
     assert torch.allclose(g, g_ce + stats["lambda"] * g_kd, atol=1e-12)
 
 
 def test_fixed_kd_weight_is_the_ablation():
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
-    loss, stats = DistillLoss(Teacher(tiny_w()), kd_weight=0.25)(zs, zt, al)
+    loss, stats = DistillLoss(TeacherTerm(tiny_w()), kd_weight=0.25)(zs, zt, al)
     stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     assert stats["lambda"] == 0.25 and float(loss) == pytest.approx(stats["ce"] + 0.25 * stats["kd"])
 
@@ -362,7 +362,7 @@ def test_fixed_kd_weight_is_the_ablation():
 def test_temperature_scales_kd_by_tau_squared():
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
-    _, stats = DistillLoss(Teacher(tiny_w()), kd_weight=1.0, temperature=2.0)(zs, zt, al)
+    _, stats = DistillLoss(TeacherTerm(tiny_w()), kd_weight=1.0, temperature=2.0)(zs, zt, al)
     stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     r = aligned_rows(zs.detach(), zt, al, temperature=2.0)
     per_row = pkl_rows(r.student, r.teacher, tiny_w(), temperature=2.0)[0]
@@ -374,7 +374,7 @@ def test_same_tokenizer_teacher_equals_plain_kl_in_a_multi_teacher_loss():
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
     z_same = torch.randn(*zs.shape, dtype=torch.float64)
-    dl = DistillLoss([Teacher(tiny_w(), alpha=0.3, name="cross"), Teacher(None, alpha=0.7, name="same")],
+    dl = DistillLoss([TeacherTerm(tiny_w(), alpha=0.3, name="cross"), TeacherTerm(None, alpha=0.7, name="same")],
                      kd_weight=1.0)
     loss, stats = dl(zs, [zt, z_same], [al, None])
     stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
@@ -389,12 +389,12 @@ def test_same_tokenizer_teacher_equals_plain_kl_in_a_multi_teacher_loss():
 def test_position_modes_agree_on_one_to_one_groups_and_differ_on_merged_ones():
     one_to_one = make_alignment([[(1, 1)] * 6, [(1, 1)] * 4])
     zs, zt = batch_logits(one_to_one)
-    values = {p: float(DistillLoss(Teacher(tiny_w()), position=p, kd_weight=1.0)(zs, zt, one_to_one)[1]["kd"])
+    values = {p: float(DistillLoss(TeacherTerm(tiny_w()), position=p, kd_weight=1.0)(zs, zt, one_to_one)[1]["kd"])
               for p in ("boundary", "chunk_mean", "chain")}
     assert values["chunk_mean"] == pytest.approx(values["boundary"]) == values["chain"]
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
-    merged = {p: float(DistillLoss(Teacher(tiny_w()), position=p, kd_weight=1.0)(zs, zt, al)[1]["kd"])
+    merged = {p: float(DistillLoss(TeacherTerm(tiny_w()), position=p, kd_weight=1.0)(zs, zt, al)[1]["kd"])
               for p in ("boundary", "chunk_mean", "chain")}
     assert len({round(v, 9) for v in merged.values()}) == 3
 
@@ -414,13 +414,13 @@ def test_chain_mode_multiplies_by_the_later_actual_tokens_probabilities():
 def test_pairs_skip_the_last_group_and_padding():
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
-    _, stats = DistillLoss(Teacher(tiny_w()))(zs, zt, al)
+    _, stats = DistillLoss(TeacherTerm(tiny_w()))(zs, zt, al)
     stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     assert stats["pairs/teacher0"] == (len(GROUPS[0]) - 1) + (len(GROUPS[1]) - 1)
 
 
 def test_learned_w_starts_at_w_keeps_rows_stochastic_and_has_its_own_lr():
-    dl = DistillLoss(Teacher(tiny_w(torch.float32), learnable=True))
+    dl = DistillLoss(TeacherTerm(tiny_w(torch.float32), learnable=True))
     lw = dl.learned["teacher0"]
     # float32 softmax over each row's ≤ 2 non-zeros
     assert torch.allclose(lw.values(), as_sparse_w(tiny_w(torch.float32)).values, atol=f32_tol(2))
@@ -442,14 +442,14 @@ def test_learned_w_starts_at_w_keeps_rows_stochastic_and_has_its_own_lr():
 
 def test_learnable_w_is_refused_for_losses_that_do_not_use_its_values():
     with pytest.raises(XtokError, match="learnable W needs a P-KL teacher"):
-        DistillLoss(Teacher(tiny_w(), loss="hkl", learnable=True))
+        DistillLoss(TeacherTerm(tiny_w(), loss="hkl", learnable=True))
 
 
 def test_alignment_for_another_batch_is_a_one_line_error():
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
     with pytest.raises(XtokError, match="alignment is for"):
-        DistillLoss(Teacher(tiny_w()))(zs[:, :-1], zt, al)
+        DistillLoss(TeacherTerm(tiny_w()))(zs[:, :-1], zt, al)
 
 
 def test_boundary_pairs_through_align_batch_on_the_default_pair(projection, default_pair):
@@ -473,7 +473,7 @@ def test_boundary_pairs_through_align_batch_on_the_default_pair(projection, defa
             q = (w_t @ torch.softmax(zs[b, s_pos].detach(), -1)[:, None])[:, 0]
             zt[b, t_pos] = q.log()
             expected += 1
-    loss, stats = DistillLoss(Teacher(W), kd_weight=1.0)(zs, zt, al)
+    loss, stats = DistillLoss(TeacherTerm(W), kd_weight=1.0)(zs, zt, al)
     stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     assert stats["pairs/teacher0"] == expected > 20
     assert abs(stats["kd/teacher0"]) < 1e-4  # only the ε = 1e-10 smoothing over ~150k columns
@@ -565,7 +565,7 @@ def test_trl_gold_is_zero_for_equal_distributions_and_reaches_distill_loss():
     assert abs(float(trl_gold_loss(z, z, identity_w(30)))) < 30 * 2.3e-16 * 8
     al = make_alignment(GROUPS)
     zs, zt = batch_logits(al)
-    crit = DistillLoss(Teacher(tiny_w(), loss="gold-trl"), kd_weight=1.0, ce_weight=0.0)
+    crit = DistillLoss(TeacherTerm(tiny_w(), loss="gold-trl"), kd_weight=1.0, ce_weight=0.0)
     loss, stats = crit(zs, zt, al)
     stats = host_stats(stats)  # the loss keeps 0-dim tensors; logging converts them
     rows = aligned_rows(zs, zt, al)
@@ -621,16 +621,16 @@ def test_distill_loss_takes_a_topk_teacher_through_every_position_mode_but_chunk
     nxt[:, :-1] = lp[:, :-1].gather(-1, al.teacher_ids[:, 1:, None])[..., 0]
     td = topk_teacher(zt, V_T, 1.5, next_log_prob=nxt)
     for position in ("boundary", "chain"):
-        crit = DistillLoss(Teacher(tiny_w(), loss="pkl"), position=position, temperature=1.5, kd_weight=1.0)
+        crit = DistillLoss(TeacherTerm(tiny_w(), loss="pkl"), position=position, temperature=1.5, kd_weight=1.0)
         a, b = crit(zs, zt, al)[0], crit(zs, td, al)[0]
         assert float(b) == pytest.approx(float(a), rel=1e-12)
     with pytest.raises(XtokError, match="chunk_mean"):
-        DistillLoss(Teacher(tiny_w()), position="chunk_mean", temperature=1.5)(zs, td, al)
+        DistillLoss(TeacherTerm(tiny_w()), position="chunk_mean", temperature=1.5)(zs, td, al)
     with pytest.raises(XtokError, match="temperature 1.5"):
-        DistillLoss(Teacher(tiny_w()), temperature=1.0)(zs, td, al)
+        DistillLoss(TeacherTerm(tiny_w()), temperature=1.0)(zs, td, al)
     # NeMo-RL's teacher top-k knob is reachable from DistillLoss
     rows = aligned_rows(zs, zt, al)
-    crit = DistillLoss(Teacher(tiny_w(), topk=2), kd_weight=1.0, ce_weight=0.0)
+    crit = DistillLoss(TeacherTerm(tiny_w(), topk=2), kd_weight=1.0, ce_weight=0.0)
     assert float(crit(zs, zt, al)[0]) == pytest.approx(float(pkl_loss(rows.student, rows.teacher, tiny_w(),
                                                                             teacher_topk=2)), rel=1e-12)
 

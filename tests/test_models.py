@@ -14,7 +14,7 @@ import torch
 import xtok_core
 from xtok_core import XtokError, load_model
 from xtok_core import models as M
-from xtok_core.projection import KINDS
+from xtok_core.projection import ROW_KINDS
 
 EPS32 = float(torch.finfo(torch.float32).eps)
 NAMED = list(M.REGISTRY)
@@ -127,7 +127,7 @@ def test_w_for_real_pairs_has_rows_summing_to_one(real_pairs, named, tok, pair):
     sums = np.asarray(w.matrix.sum(axis=1)).ravel()
     # each row: at most top_k=4 float32 weights in [0, 1], normalised
     assert np.abs(sums - 1).max() <= 4 * EPS32 * 4
-    exact = (w.kinds == KINDS.index("exact")).mean()
+    exact = (w.kinds == ROW_KINDS.index("exact")).mean()
     assert exact > 0.3  # real vocabularies share most plain words byte for byte
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xtok_core import XtokError
-from xtok_core.projection import KINDS, Projection, build_projection
+from xtok_core.projection import ROW_KINDS, Projection, build_projection
 
 PAIRS = [("llama-3.2", "qwen2.5"), ("gpt2", "qwen2.5"), ("mistral-7b", "llama-3.2"), ("qwen2.5", "gemma")]
 
@@ -40,13 +40,13 @@ def test_kinds_are_consistent_with_rows(projection, tok, student, teacher):
     s, t = tok(student), tok(teacher)
     nnz = np.diff(w.matrix.indptr)
     first = w.matrix.indices[w.matrix.indptr[:-1]]
-    exact = np.flatnonzero(w.kinds == KINDS.index("exact"))
+    exact = np.flatnonzero(w.kinds == ROW_KINDS.index("exact"))
     assert (nnz[exact] == 1).all() and np.allclose(w.matrix.data[w.matrix.indptr[exact]], 1.0)
     assert all(s.token_bytes[i] == t.token_bytes[first[i]] for i in exact[:: max(1, len(exact) // 2000)])
-    special = np.flatnonzero(w.kinds == KINDS.index("special"))
+    special = np.flatnonzero(w.kinds == ROW_KINDS.index("special"))
     assert set(special.tolist()) == set(np.flatnonzero(s.special).tolist())
-    trunc = w.kinds == KINDS.index("truncated")
-    retok = w.kinds == KINDS.index("retokenized")
+    trunc = w.kinds == ROW_KINDS.index("truncated")
+    retok = w.kinds == ROW_KINDS.index("retokenized")
     assert (w.n_pieces[trunc] > w.params["max_pieces"]).all()
     assert (w.n_pieces[retok] <= w.params["max_pieces"]).all() and (w.n_pieces[retok] >= 1).all()
     # a re-tokenized row never equals a single teacher token with the same bytes
@@ -57,7 +57,7 @@ def test_retokenized_rows_match_the_per_token_reference(projection, tok):
     """A slow, obviously-correct per-token build of 300 rows agrees with the batched build."""
     s, t = tok("llama-3.2"), tok("qwen2.5")
     w = projection("llama-3.2", "qwen2.5")
-    rows = np.flatnonzero(np.isin(w.kinds, [KINDS.index("retokenized"), KINDS.index("truncated")]))
+    rows = np.flatnonzero(np.isin(w.kinds, [ROW_KINDS.index("retokenized"), ROW_KINDS.index("truncated")]))
     for i in np.random.default_rng(0).choice(rows, 300, replace=False).tolist():
         text = s.token_bytes[i].decode("utf-8", errors="strict") if _valid(s.token_bytes[i]) else None
         if text is None:
@@ -151,10 +151,10 @@ def test_o200k_holes_and_padded_teacher_vocab_size_w(tok):
     w = build_projection("gpt-4o", "qwen2.5", teacher_vocab_size=151_936)
     assert w.shape == (200_019, 151_936)
     holes = np.arange(200_000, 200_018)
-    assert (w.kinds[holes] == KINDS.index("padding")).all()
+    assert (w.kinds[holes] == ROW_KINDS.index("padding")).all()
     assert w.matrix[:, 151_665:].nnz == 0  # padding columns stay empty
     padded = build_projection("gpt2", "qwen2.5", student_vocab_size=50_304)
-    assert padded.shape == (50_304, 151_665) and (padded.kinds[50_257:] == KINDS.index("padding")).all()
+    assert padded.shape == (50_304, 151_665) and (padded.kinds[50_257:] == ROW_KINDS.index("padding")).all()
     assert np.abs(np.asarray(padded.matrix.sum(axis=1)).ravel() - 1).max() <= 1e-6
 
 
@@ -170,7 +170,7 @@ def test_reverse_pass_adds_teacher_to_student_mass(projection):
     plain, both = projection("gpt2", "qwen2.5"), projection("gpt2", "qwen2.5", reverse_pass=True)
     assert np.abs(np.asarray(both.matrix.sum(axis=1)).ravel() - 1).max() <= 1e-6
     assert (plain.kinds == both.kinds).all()
-    exact = plain.kinds == KINDS.index("exact")
+    exact = plain.kinds == ROW_KINDS.index("exact")
     same = (plain.matrix != both.matrix).sum(axis=1) == 0
     assert np.asarray(same).ravel()[exact].all() and not np.asarray(same).ravel().all()
 

@@ -31,7 +31,7 @@ from .display import token_label, visible  # noqa: F401 (re-exported: the one gl
 from .errors import XtokError
 from .tok import Tok, load_tokenizer
 
-KINDS = ("1:1", "1:n", "n:1", "n:m", "special", "unaligned")
+GROUP_KINDS = ("1:1", "1:n", "n:1", "n:m", "special", "unaligned")
 _SPECIAL, _UNALIGNED = 4, 5
 @dataclass(frozen=True)
 class Group:
@@ -75,7 +75,7 @@ class Alignment:
 
     def kinds(self) -> dict[str, int]:
         """Number of groups of every kind, all kinds listed (zeros included)."""
-        counts = dict.fromkeys(KINDS, 0)
+        counts = dict.fromkeys(GROUP_KINDS, 0)
         for g in self.groups:
             counts[g.kind] += 1
         return counts
@@ -197,7 +197,7 @@ def _firsts(doc: np.ndarray, n_texts: int) -> tuple[np.ndarray, np.ndarray]:
     return first, first[1:] > first[:-1]
 
 
-def _side(encodings: list, base: np.ndarray) -> _SideTokens:
+def _side_tokens(encodings: list, base: np.ndarray) -> _SideTokens:
     """Concatenate one side's encodings (whose offsets tile each text, see `Tok.encode`) and find
     where this side may cut: before token i+1 iff every token up to i ends at or before its start."""
     n_texts = len(encodings)
@@ -226,7 +226,7 @@ class _BatchGroups:
 
     doc: np.ndarray
     rank: np.ndarray       # index of the group within its text
-    kind: np.ndarray       # codes into KINDS
+    kind: np.ndarray       # codes into GROUP_KINDS
     s_start: np.ndarray
     s_end: np.ndarray
     t_start: np.ndarray
@@ -241,10 +241,6 @@ def _text_follows(side: _SideTokens, text: np.ndarray, lone: np.ndarray) -> np.n
     ok = nxt < len(text)
     ok[ok] &= side.doc[text[nxt[ok]]] == side.doc[lone[ok]]
     return ok
-
-
-def _none(k: int) -> np.ndarray:
-    return np.full(k, -1, np.int64)
 
 
 def _align(student: _SideTokens, teacher: _SideTokens, n_texts: int, n_bytes: int) -> _BatchGroups:
@@ -264,7 +260,7 @@ def _align(student: _SideTokens, teacher: _SideTokens, n_texts: int, n_bytes: in
     if not everywhere:
         s_head |= ~s_two
         t_head |= ~t_two
-    s_run, t_run = _runs(s_text, s_head), _runs(t_text, t_head)
+    s_run, t_run = _side_groups(s_text, s_head), _side_groups(t_text, t_head)
 
     # Text groups, in text order, as columns: doc, start byte, kind, first/last position on each side.
     s_doc = student.doc[s_run.first]
@@ -353,7 +349,7 @@ class _SideGroups:
     of_token: np.ndarray
 
 
-def _runs(text: np.ndarray, head: np.ndarray) -> _SideGroups:
+def _side_groups(text: np.ndarray, head: np.ndarray) -> _SideGroups:
     heads = np.flatnonzero(head)
     count = np.diff(heads, append=len(text))
     return _SideGroups(heads, text[heads], text[heads + count - 1], count, np.cumsum(head) - 1)
@@ -363,7 +359,7 @@ def align_encodings(texts: list[str], student: Tok, teacher: Tok, student_encodi
     """Group a batch of already-encoded texts: (student side, teacher side, groups), all vectorised."""
     lengths = np.fromiter((len(t.encode("utf-8", errors="surrogatepass")) for t in texts), dtype=np.int64, count=len(texts))
     base = np.concatenate(([0], np.cumsum(lengths)))  # every text's offset in the batch's bytes
-    s, t = _side(student_encodings, base), _side(teacher_encodings, base)
+    s, t = _side_tokens(student_encodings, base), _side_tokens(teacher_encodings, base)
     return s, t, _align(s, t, len(texts), int(base[-1]) + 1)
 
 
@@ -379,7 +375,7 @@ def align_spans(text: str, student, teacher, *, add_special_tokens: bool = False
     # a side without tokens in a group gets an empty range where that group would stand
     s_at = np.searchsorted(np.maximum.accumulate(g.s_group), ranks) if len(g.s_group) else np.zeros_like(ranks)
     t_at = np.searchsorted(np.maximum.accumulate(g.t_group), ranks) if len(g.t_group) else np.zeros_like(ranks)
-    groups = [Group(range(a, b + 1) if a >= 0 else range(sa, sa), range(c, d + 1) if c >= 0 else range(ta, ta), KINDS[k])
+    groups = [Group(range(a, b + 1) if a >= 0 else range(sa, sa), range(c, d + 1) if c >= 0 else range(ta, ta), GROUP_KINDS[k])
               for a, b, c, d, k, sa, ta in zip(g.s_start.tolist(), g.s_end.tolist(), g.t_start.tolist(), g.t_end.tolist(),
                                                g.kind.tolist(), s_at.tolist(), t_at.tolist())]
     return Alignment(text, student, teacher, se.ids, te.ids, se.offsets, te.offsets, s.spans, t.spans,
@@ -397,7 +393,7 @@ class BatchAlignment:
         each side; -1 where the group has no token on that side (special and unaligned groups) and on
         padding groups.
     group_mask: (B, G) bool, True for text groups with tokens on both sides.
-    group_kind: (B, G) long, codes into `KINDS` (-1 on padding).
+    group_kind: (B, G) long, codes into `GROUP_KINDS` (-1 on padding).
     """
 
     student_ids: "torch.Tensor"
@@ -418,8 +414,8 @@ class BatchAlignment:
 
     def kinds(self) -> dict[str, int]:
         """Number of groups of every kind over the batch."""
-        counts = np.bincount(self.group_kind[self.group_kind >= 0].numpy(), minlength=len(KINDS))
-        return dict(zip(KINDS, counts.tolist()))
+        counts = np.bincount(self.group_kind[self.group_kind >= 0].numpy(), minlength=len(GROUP_KINDS))
+        return dict(zip(GROUP_KINDS, counts.tolist()))
 
 
 def align_batch(texts: list[str], student, teacher, *, add_special_tokens: bool = True,

@@ -352,7 +352,7 @@ def coverage_audit(student, teacher, projection=None, *, threshold: float = DEFA
         teacher's unreachable share. progress: optional callable(fraction, message).
     """
     from . import __version__
-    from .projection import KINDS, build_projection
+    from .projection import ROW_KINDS, build_projection
 
     s, t = load_tokenizer(student), load_tokenizer(teacher)
     threshold = _check_threshold(threshold)
@@ -368,7 +368,7 @@ def coverage_audit(student, teacher, projection=None, *, threshold: float = DEFA
 
     say(0.5, "categorizing the student vocabulary")
     members = category_members(s)
-    exact = projection.kinds[: s.vocab_size] == KINDS.index("exact")
+    exact = projection.kinds[: s.vocab_size] == ROW_KINDS.index("exact")
 
     counts_s = counts_t = corpus_info = None
     if texts is not None:

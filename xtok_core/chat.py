@@ -49,14 +49,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .align import KINDS, Alignment, BatchAlignment, Group, align_encodings
+from .align import GROUP_KINDS, Alignment, BatchAlignment, Group, align_encodings
 from .errors import XtokError
 from .tok import ASSETS, Encoding, Tok, load_tokenizer
 
 DEFAULT_TEMPLATE_KWARGS = {"enable_thinking": False}
 LOSS_ON = ("assistant", "all")
 _SENTINEL = re.compile("\ue000(\\d+)\ue001")
-_ONE_ONE = KINDS.index("1:1")
+_ONE_ONE = GROUP_KINDS.index("1:1")
 
 
 def _sentinel(i: int) -> str:
@@ -445,7 +445,7 @@ def _plan(conversations, s_chats, t_chats) -> _Plan:
 class _Layout:
     """One conversation's groups (in order) and every token's group; positions are the conversation's."""
 
-    kind: np.ndarray      # (G,) codes into KINDS
+    kind: np.ndarray      # (G,) codes into GROUP_KINDS
     msg: np.ndarray       # (G,) message of each group
     eot: np.ndarray       # (G,) bool: an end-of-turn pair
     lead: np.ndarray      # (G,) bool: a trained message's last template token on each side (batches only)
@@ -559,7 +559,7 @@ def align_chat(messages, student, teacher, *, add_generation_prompt: bool = Fals
                                             lay.t_start.tolist(), lay.t_end.tolist())):
         s_rng = range(a, b + 1) if a >= 0 else range(int(s_at[n]), int(s_at[n]))
         t_rng = range(x, y + 1) if x >= 0 else range(int(t_at[n]), int(t_at[n]))
-        groups.append(Group(s_rng, t_rng, KINDS[k]))
+        groups.append(Group(s_rng, t_rng, GROUP_KINDS[k]))
     eot_groups = {int(m): int(g) for g, m in enumerate(lay.msg.tolist()) if lay.eot[g]}
     return ChatAlignment(lay.shared, student, teacher, sc.ids, tc.ids, sc.offsets, tc.offsets, lay.s_span, lay.t_span,
                          lay.s_group, lay.t_group, groups, student_chat=sc, teacher_chat=tc,
@@ -707,7 +707,7 @@ def align_chat_batch(conversations, student, teacher, *, max_length: int | None 
                        ("kind", lay.kind), ("msg", lay.msg)):
             grid[key][b, :n_g] = v
         in_trained = np.isin(lay.msg, list(tr))
-        content = (lay.kind < KINDS.index("special")) & ~lay.eot & ~lay.lead
+        content = (lay.kind < GROUP_KINDS.index("special")) & ~lay.eot & ~lay.lead
         g_mask[b, :n_g] = in_trained & (content | lay.lead)
         kd_tgt[b, :n_g] = in_trained & (content | lay.eot)
     # the end-of-turn pairs are KD targets but predict nothing trained: their group_mask stays False

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import XtokError
-from .projection import EXACT, FORMAT_VERSION, KINDS, PADDING, RETOKENIZED, SPECIAL, _assemble
+from .projection import EXACT, FORMAT_VERSION, ROW_KINDS, PADDING, RETOKENIZED, SPECIAL, _assemble
 from .tok import load_tokenizer
 
 
@@ -21,7 +21,7 @@ def metadata(proj) -> dict:
     return {"format": "xtok-projection", "format_version": FORMAT_VERSION, "xtok_version": proj.xtok_version,
             "student": {"name": proj.student_name, "sha256": proj.student_sha256, "vocab_size": proj.shape[0]},
             "teacher": {"name": proj.teacher_name, "sha256": proj.teacher_sha256, "vocab_size": proj.shape[1]},
-            "params": proj.params, "kinds": list(KINDS)}
+            "params": proj.params, "kinds": list(ROW_KINDS)}
 
 def save(proj, path) -> Path:
     """safetensors: indptr, indices, data, kinds, n_pieces, role_matched + one canonical JSON metadata key."""

@@ -36,8 +36,8 @@ from .errors import XtokError
 from .tok import Tok, load_tokenizer
 
 FORMAT_VERSION = 1
-KINDS = ("exact", "retokenized", "truncated", "special", "unmapped", "padding")
-EXACT, RETOKENIZED, TRUNCATED, SPECIAL, UNMAPPED, PADDING = range(len(KINDS))
+ROW_KINDS = ("exact", "retokenized", "truncated", "special", "unmapped", "padding")
+EXACT, RETOKENIZED, TRUNCATED, SPECIAL, UNMAPPED, PADDING = range(len(ROW_KINDS))
 ROLE_ORDER = ("bos", "eos", "pad", "unk")
 _CHUNK = 8192  # re-tokenization batch: large enough for encode_batch, small enough for progress
 
@@ -295,14 +295,14 @@ class Projection:
         return self._sha
 
     def kind(self, s: int) -> str:
-        return KINDS[int(self.kinds[s])]
+        return ROW_KINDS[int(self.kinds[s])]
 
     def kind_names(self) -> np.ndarray:
-        return np.asarray(KINDS, dtype=object)[self.kinds]
+        return np.asarray(ROW_KINDS, dtype=object)[self.kinds]
 
     def kind_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.kinds, minlength=len(KINDS))
-        return {k: int(c) for k, c in zip(KINDS, counts)}
+        counts = np.bincount(self.kinds, minlength=len(ROW_KINDS))
+        return {k: int(c) for k, c in zip(ROW_KINDS, counts)}
 
     def row(self, s: int) -> tuple[np.ndarray, np.ndarray]:
         """(teacher ids, weights) of row s, heaviest first, ties to the lower id."""

@@ -24,9 +24,9 @@ def register(sub):
 def run(args):
     import json
 
-    from ..distill.teacher import TEACHER_DIM, TEACHER_LAYERS, default_teacher_steps, train_teacher
+    from ..distill.demo_teacher import TEACHER_DIM, TEACHER_LAYERS, default_teacher_steps, train_demo_teacher
 
-    path = train_teacher(args.tokenizer, steps=args.steps or default_teacher_steps(args.device), dim=args.dim or TEACHER_DIM,
+    path = train_demo_teacher(args.tokenizer, steps=args.steps or default_teacher_steps(args.device), dim=args.dim or TEACHER_DIM,
                          layers=args.layers or TEACHER_LAYERS, seed=args.seed, runs_dir=args.runs_dir, device=args.device,
                          progress=not args.no_progress)
     record = path / "teacher.json"

@@ -1,7 +1,7 @@
 """Distillation runs (SPEC §6): tiny or local HF models, off- and on-policy, crash-safe run directories.
 
 Python API: `run_distillation(DistillConfig(...), out) -> RunResult`, `resume_distillation(run_dir)`,
-`train_teacher(tokenizer) -> Path`, `arithmetic_accuracy(model, tok)`.
+`train_demo_teacher(tokenizer) -> Path`, `arithmetic_accuracy(model, tok)`.
 
 Run directory (read by the app while the run is going):
 
@@ -33,7 +33,7 @@ from .evaluate import arithmetic_accuracy
 from .loop import RunHooks, RunResult, resume_distillation, run_distillation
 from .loop import Prepared, prepare
 from .models import LoadedModel, build_tiny, load_model, load_model_dir, save_model_dir
-from .teacher import train_teacher
+from .demo_teacher import train_demo_teacher
 
-__all__ = ["DistillConfig", "RunHooks", "RunResult", "run_distillation", "resume_distillation", "train_teacher",
+__all__ = ["DistillConfig", "RunHooks", "RunResult", "run_distillation", "resume_distillation", "train_demo_teacher",
            "arithmetic_accuracy", "Prepared", "prepare", "load_model", "LoadedModel", "build_tiny", "load_model_dir", "save_model_dir"]

@@ -143,9 +143,9 @@ def template_for(tok, chat_template=None):
         return chat_template
 
 
-def chat_views(conversations, names, student, teachers, *, max_length: int, loss_on: str, chat_template=None):
+def chat_alignments(conversations, names, student, teachers, *, max_length: int, loss_on: str, chat_template=None):
     """One `ChatBatch` per teacher for the same conversations, cut once for all models. Returns
-    (views, kept rows)."""
+    (cross_alignments, kept rows)."""
     toks = [student.tok] + [t.tok for t in teachers]
     templates = [template_for(t, chat_template) for t in toks]
     fitted, rows = fit_conversations(conversations, toks, max_length, templates=templates, names=names)
@@ -153,10 +153,10 @@ def chat_views(conversations, names, student, teachers, *, max_length: int, loss
         raise XtokError(f"no conversation of this batch fits in --seq-len {max_length} tokens for every model, even cut "
                         f"to its last exchange; raise --seq-len")
     kept_names = [names[i] for i in rows]
-    views = [align_chat_batch(fitted, student.tok, t.tok, loss_on=loss_on, student_template=templates[0],
-                              teacher_template=tt, names=kept_names)
-             for t, tt in zip(teachers, templates[1:])]
-    return views, fitted, rows
+    cross_alignments = [align_chat_batch(fitted, student.tok, t.tok, loss_on=loss_on, student_template=templates[0],
+                                         teacher_template=tt, names=kept_names)
+                        for t, tt in zip(teachers, templates[1:])]
+    return cross_alignments, fitted, rows
 
 
 def chat_step(batches: ChatBatches, step: int, student, teachers, *, same_tokenizer, n_on_policy: int, max_length: int,
@@ -179,19 +179,19 @@ def chat_step(batches: ChatBatches, step: int, student, teachers, *, same_tokeni
                 student.model, student.tok, convs[:n_on_policy], max_new_tokens=max_new_tokens, temperature=temperature,
                 chat_template=template_for(student.tok, chat_template), device=device, names=names[:n_on_policy])
     cross = [t for t in teachers if not same_tokenizer(student, t)]
-    views, fitted, rows = chat_views(convs, names, student, cross, max_length=max_length, loss_on=loss_on,
-                                     chat_template=chat_template)
-    if not views:  # no teacher to align: the student's own rendering and masks
+    cross_alignments, fitted, rows = chat_alignments(convs, names, student, cross, max_length=max_length,
+                                                     loss_on=loss_on, chat_template=chat_template)
+    if not cross_alignments:  # no teacher to align: the student's own rendering and masks
         st = template_for(student.tok, chat_template)
-        views_s = align_chat_batch(fitted, student.tok, student.tok, loss_on=loss_on, student_template=st,
-                                   teacher_template=st, names=[names[i] for i in rows])
+        first = align_chat_batch(fitted, student.tok, student.tok, loss_on=loss_on, student_template=st,
+                                 teacher_template=st, names=[names[i] for i in rows])
     else:
-        views_s = views[0]
-    it = iter(views)
+        first = cross_alignments[0]
+    it = iter(cross_alignments)
     alignments = [None if same_tokenizer(student, t) else next(it).to(device) for t in teachers]
     sampled = torch.tensor([r < n_on_policy for r in rows])
-    labels = views_s.labels.masked_fill(sampled[:, None], -100)
-    return ChatStep(alignments, views_s.student_ids.to(device), views_s.student_mask.to(device), labels.to(device),
+    labels = first.labels.masked_fill(sampled[:, None], -100)
+    return ChatStep(alignments, first.student_ids.to(device), first.student_mask.to(device), labels.to(device),
                     fitted, rows, int(sampled.sum()))
 
 

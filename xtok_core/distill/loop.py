@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import XtokError
-from ..integrations.collator import CrossTokenizerCollator
+from ..integrations.collator import CrossTokenizerCollator, shares_tokenizer
 from ..losses import host_stats
 from .config import DistillConfig
 from .chat_data import ChatBatches, chat_heldout_texts, chat_step, check_templates, is_chat_data
@@ -38,6 +38,7 @@ from .data import (TextBatches, decode_samples, pack_examples, read_documents, s
                    split_prompt, window_documents)
 from .evaluate import arithmetic_accuracy, heldout_metrics
 from ..models import LoadedModel, build_tiny, is_tiny, load_model, load_model_dir
+from .objective import CrossEntropyOnly, build_objective, resolve_loss, run_projection
 from .rundir import RunDir, gather_rng_states
 
 
@@ -110,7 +111,7 @@ def prepare(cfg: DistillConfig, *, log: Callable = print, documents: list | None
     else:
         teachers = [_model(t, cfg, teacher=True, log=log) for t in cfg.teachers] if cfg.loss != "ce" else []
     files = cfg.projections or [None] * len(teachers)
-    projections = [None if _same_tokenizer(student, t) else _projection(student, t, files[i]) for i, t in enumerate(teachers)]
+    projections = [None if shares_tokenizer(student, t) else run_projection(student, t, files[i]) for i, t in enumerate(teachers)]
     loss_name, note = resolve_loss(cfg, student, teachers, projections[0] if projections else None)
     train, heldout = _texts(cfg, student, documents)
     return Prepared(student, teachers, loss_name, projections, [note] if note else [], caches, train, heldout)
@@ -136,48 +137,15 @@ def _model(spec: str, cfg: DistillConfig, *, teacher: bool, log: Callable = prin
     if not is_tiny(spec):
         return load_model(spec, progress=log)
     if teacher and cfg.train_demo_teacher:
-        from .teacher import default_teacher_steps, train_teacher
+        from .demo_teacher import default_teacher_steps, train_demo_teacher
 
         name = spec[len("tiny:"):]
-        path = train_teacher(name, steps=cfg.teacher_steps or default_teacher_steps(cfg.device), runs_dir=cfg.runs_dir,
+        path = train_demo_teacher(name, steps=cfg.teacher_steps or default_teacher_steps(cfg.device), runs_dir=cfg.runs_dir,
                              device=cfg.device, log=log)
         if not (path / "teacher.json").is_file():
             raise RunStopped(f"stopped while training the demo teacher for {name} in {path}")
         return load_model_dir(path, spec=spec)
     return build_tiny(spec, dim=cfg.tiny_dim, layers=cfg.tiny_layers, seed=cfg.seed)
-
-
-_W_CACHE: dict = {}
-
-
-def _projection(student: LoadedModel, teacher: LoadedModel, path: str | None):
-    """W for one teacher, sized to both models' logits; from a file when given, else built (cached)."""
-    from ..projection import Projection, build_projection
-
-    if path:
-        w = Projection.load(path, student=student.tok, teacher=teacher.tok)
-    else:
-        key = (student.tok.sha256, teacher.tok.sha256, student.vocab_size, teacher.vocab_size)
-        if key not in _W_CACHE:
-            _W_CACHE[key] = build_projection(student.tok, teacher.tok, student_vocab_size=student.vocab_size,
-                                             teacher_vocab_size=teacher.vocab_size)
-        w = _W_CACHE[key]
-    w.check_logits(student.vocab_size, teacher.vocab_size)
-    return w
-
-
-def resolve_loss(cfg: DistillConfig, student: LoadedModel, teachers: list, projection=None) -> tuple[str, str | None]:
-    """`auto` -> the coverage audit's recommendation for the first teacher (P-KL if numerals, prices,
-    dates or code are poorly covered by exact matches, else H-KL), on the run's own W when there is one."""
-    if cfg.loss != "auto":
-        return cfg.loss, None
-    try:
-        from ..audit import coverage_audit
-    except ImportError:
-        return "pkl", "loss auto: the coverage audit is not available, using pkl"
-    report = coverage_audit(student.tok, teachers[0].tok, projection)
-    loss = {"P-KL": "pkl", "H-KL": "hkl"}[report.recommendation]
-    return loss, f"loss auto -> {loss}: {report.reason}"
 
 
 def _lr_at(step: int, cfg: DistillConfig) -> float:
@@ -261,7 +229,7 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
         for t in teachers:
             if t.model is not None:
                 t.model.to(device).eval().requires_grad_(False)
-        objective = _objective(cfg, prep).to(device)
+        objective = build_objective(cfg, prep).to(device)
         model = torch.nn.parallel.DistributedDataParallel(student.model) if world > 1 else student.model
         groups = [{"params": [p for p in student.model.parameters() if p.requires_grad], "lr": cfg.lr, "base_lr": cfg.lr}]
         if list(objective.parameters()):
@@ -302,7 +270,7 @@ def run_distillation(config: DistillConfig, out: "str | Path", *, resume: bool =
                 g["lr"] = g["base_lr"] * lr_scale
             # -- 1. the text of this step: corpus, with some rows replaced by student samples --
             if chat:  # conversations: the same steps 1-2, with templates, loss masks and student-written turns
-                cs = chat_step(batches, step, student, teachers, same_tokenizer=_same_tokenizer, n_on_policy=n_on_policy,
+                cs = chat_step(batches, step, student, teachers, same_tokenizer=shares_tokenizer, n_on_policy=n_on_policy,
                                max_length=cfg.seq_len, loss_on=cfg.loss_on, chat_template=cfg.chat_template,
                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature, device=device,
                                autocast=autocast)
@@ -425,25 +393,6 @@ def resume_distillation(run_dir: "str | Path", *, steps: int | None = None, **kw
 
 
 # ------------------------------------------------------------------------ pieces of a step
-def _objective(cfg: DistillConfig, prep: Prepared) -> torch.nn.Module:
-    """CE alone, or losses.DistillLoss with one W per teacher (none for a teacher that shares the
-    student's tokenizer: direct KL, no alignment)."""
-    if prep.loss == "ce":
-        return CrossEntropyOnly()
-    from ..losses import DistillLoss, Teacher
-
-    if cfg.teacher_topk is not None and prep.loss != "pkl":  # --loss auto resolved to another loss
-        raise XtokError(f"--teacher-topk is P-KL's teacher top-k, and this run's loss is {prep.loss!r}; "
-                        "drop --teacher-topk or pass --loss pkl")
-    # a teacher with the student's tokenizer (W None) is direct KL: teacher top-k does not apply to it
-    specs = [Teacher(W=w, alpha=a, loss=prep.loss, learnable=cfg.learnable_w and w is not None, name=f"t{i}",
-                     topk=cfg.teacher_topk if w is not None else None)
-             for i, (w, a) in enumerate(zip(prep.projections, cfg.teacher_weights))]
-    # pure on-policy (every row sampled by the student) is KD only: there is no corpus row for CE
-    return DistillLoss(specs, temperature=cfg.temperature, kd_weight=cfg.kd_weight, position=cfg.position,
-                       ce_weight=0.0 if cfg.on_policy_ratio >= 1.0 else 1.0)
-
-
 def _teacher_caches(cfg: DistillConfig, student: LoadedModel):
     """The run's teacher caches, checked against it (one line for what differs), or None."""
     if not cfg.teacher_caches:
@@ -462,18 +411,6 @@ def _teacher_caches(cfg: DistillConfig, student: LoadedModel):
     for c in caches:
         c.check(temperature=cfg.temperature, max_length=cfg.seq_len, **data)
     return caches
-
-
-def _same_tokenizer(student: LoadedModel, teacher: LoadedModel) -> bool:
-    return student.tok.sha256 == teacher.tok.sha256 and student.vocab_size == teacher.vocab_size
-
-
-class CrossEntropyOnly(torch.nn.Module):
-    """Next-token CE of the student: the `--loss ce` baseline and the demo teacher's objective."""
-
-    def forward(self, s_logits, t_logits=(), views=(), *, input_ids=None, attention_mask=None, labels=None):
-        ce = torch.nn.functional.cross_entropy(s_logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-        return ce, {"ce": ce.detach(), "kd": 0.0, "lambda": 0.0}
 
 
 def _sync_objective_grads(objective: torch.nn.Module, world: int) -> None:

@@ -99,10 +99,10 @@ class CrossTokenizerCollator:
     def encode(self, texts: list[str], *, ce_rows: torch.Tensor | None = None) -> dict:
         """The batch for `texts`; `ce_rows (B,) bool` excludes rows from CE (labels -100), e.g. the
         student's own on-policy samples, which are KD-only."""
-        views = [None if d else align_batch(texts, self.student, t, add_special_tokens=True, max_length=self.max_length)
+        alignments = [None if d else align_batch(texts, self.student, t, add_special_tokens=True, max_length=self.max_length)
                  for t, d in zip(self.teachers, self.direct)]
-        views = common_student_prefix(views)
-        first = next((v for v in views if v is not None), None)
+        alignments = common_student_prefix(alignments)
+        first = next((v for v in alignments if v is not None), None)
         if first is not None:
             ids, mask = first.student_ids, first.student_mask
         else:
@@ -110,7 +110,7 @@ class CrossTokenizerCollator:
 
             ids, mask = encode_padded(self.student, texts, self.max_length)
         keep = mask if ce_rows is None else mask & ce_rows.to(mask.device).bool()[:, None]
-        return self._batch(ids, mask, ids.masked_fill(~keep, -100), views)
+        return self._batch(ids, mask, ids.masked_fill(~keep, -100), alignments)
 
     def encode_chat(self, conversations: list) -> dict:
         """The batch for conversations (`messages` lists), each model rendering its own chat template
@@ -122,9 +122,9 @@ class CrossTokenizerCollator:
         cross = [t for t, d in zip(self.teachers, self.direct) if not d] or [self.student]
         convs, names = list(conversations), [f"example {i}" for i in range(len(conversations))]
         for _ in range(len(cross)):
-            views = [align_chat_batch(convs, self.student, t, max_length=self.max_length, names=names) for t in cross]
-            rows = [v.rows.tolist() for v in views]
-            kept = [dict(zip(r, v.kept.tolist())) for r, v in zip(rows, views)]
+            alignments = [align_chat_batch(convs, self.student, t, max_length=self.max_length, names=names) for t in cross]
+            rows = [v.rows.tolist() for v in alignments]
+            kept = [dict(zip(r, v.kept.tolist())) for r, v in zip(rows, alignments)]
             if all(r == rows[0] for r in rows) and all(k == kept[0] for k in kept):
                 break
             # pairs cut differently: every conversation takes the deepest cut, then all pairs align again
@@ -134,13 +134,13 @@ class CrossTokenizerCollator:
         else:
             raise XtokError(f"the teachers' templates cut {names[0]}... differently at max_length {self.max_length}; "
                             "raise max_length or shorten the conversations")
-        first, it = views[0], iter(views)
-        views = [None if d else next(it) for d in self.direct]  # a same-tokenizer teacher reads the student's ids
-        return self._batch(first.student_ids, first.student_mask, first.labels, views)
+        first, it = alignments[0], iter(alignments)
+        alignments = [None if d else next(it) for d in self.direct]  # a same-tokenizer teacher reads the student's ids
+        return self._batch(first.student_ids, first.student_mask, first.labels, alignments)
 
-    def _batch(self, ids, mask, labels, views) -> dict:
+    def _batch(self, ids, mask, labels, alignments) -> dict:
         batch = {"input_ids": ids, "attention_mask": mask.long(), "labels": labels, "teacher_inputs": []}
-        for m, v in enumerate(views):
+        for m, v in enumerate(alignments):
             if v is None:
                 batch["teacher_inputs"].append({"input_ids": ids, "attention_mask": mask.long(), "alignment": None})
                 continue
@@ -183,22 +183,22 @@ def _cut_conversation(messages: list, k: int) -> list:
     return messages if k == 0 else head + messages[k:]
 
 
-def common_student_prefix(views: list) -> list:
+def common_student_prefix(alignments: list) -> list:
     """Cut every cross-tokenizer view to the student prefix all of them kept (vectorised).
 
-    With several teachers, `align_batch` truncates each pair at its own group boundaries, so the views
+    With several teachers, `align_batch` truncates each pair at its own group boundaries, so the alignments
     may keep different numbers of student tokens. Every view keeps the shortest one; its groups from
     the first one reaching past that cut are dropped (no pair, no teacher tokens), so one student batch
     serves all teachers. One teacher: unchanged.
     """
-    cross = [v for v in views if v is not None]
+    cross = [v for v in alignments if v is not None]
     if len(cross) < 2:
-        return views
+        return alignments
     lengths = torch.stack([v.student_mask.sum(1) for v in cross]).min(0).values          # (B,)
     if all(torch.equal(v.student_mask.sum(1), lengths) for v in cross):
-        return views
+        return alignments
     out = []
-    for v in views:
+    for v in alignments:
         if v is None:
             out.append(None)
             continue

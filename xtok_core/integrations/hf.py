@@ -19,7 +19,7 @@ import warnings
 import torch
 
 from ..errors import XtokError
-from ..losses import DistillLoss, Teacher
+from ..losses import DistillLoss, TeacherTerm
 from ..losses.names import LOSS_KINDS
 from ..models import LoadedModel
 from .collator import CrossTokenizerCollator, as_loaded, common_student_prefix, shares_tokenizer  # noqa: F401
@@ -31,24 +31,22 @@ LOSSES = (*LOSS_KINDS, "auto")
 def teacher_projection(student: LoadedModel, teacher: LoadedModel, w=None):
     """W for one teacher, sized to both models' logits: a `Projection` (checked against both tokenizers'
     hashes here), a W file or None (built from the tokenizers) — those two through `xtok distill`'s own W
-    step, so both paths share its checks and its per-pair cache. Always checked against both logit widths."""
-    from ..distill.loop import _projection
+    step (`distill.objective.run_projection`), so both paths share its checks and its per-pair cache."""
+    from ..distill.objective import run_projection
     from ..projection import Projection
 
     if not isinstance(w, Projection):
-        return _projection(student, teacher, w or None)
+        return run_projection(student, teacher, w or None)
     w.check_tokenizers(student.tok, teacher.tok)
     w.check_logits(student.vocab_size, teacher.vocab_size)
     return w
 
 
 def audit_loss(student: LoadedModel, teacher: LoadedModel) -> tuple[str, str]:
-    """`auto`: the coverage audit's choice for this pair (P-KL when numerals, prices, dates or code are
-    poorly covered by exact matches, else H-KL) and its one-line reason."""
-    from ..audit import coverage_audit
+    """`auto`: the coverage audit's choice for this pair and its one-line reason (as `xtok distill --loss auto`)."""
+    from ..distill.objective import audit_loss as run_audit_loss
 
-    report = coverage_audit(student.tok, teacher.tok)
-    return {"P-KL": "pkl", "H-KL": "hkl"}[report.recommendation], report.reason
+    return run_audit_loss(student, teacher)
 
 
 def distill_objective(student, teachers, *, loss: "str | list" = "pkl", alphas=None, projections=None,
@@ -73,8 +71,8 @@ def distill_objective(student, teachers, *, loss: "str | list" = "pkl", alphas=N
             kind, reason = ("pkl", "same tokenizer") if direct else audit_loss(student, t)
             if log:
                 log(f"loss auto -> {kind} for teacher {m}: {reason}")
-        specs.append(Teacher(W=None if direct else teacher_projection(student, t, w), alpha=a, loss=kind,
-                             learnable=learnable and not direct, name=f"t{m}"))
+        specs.append(TeacherTerm(W=None if direct else teacher_projection(student, t, w), alpha=a, loss=kind,
+                                 learnable=learnable and not direct, name=f"t{m}"))
     return DistillLoss(specs, temperature=temperature, kd_weight=kd_weight, position=position, ce_weight=ce_weight)
 
 

@@ -7,13 +7,13 @@ On already-aligned rows, `f(student_logits (N, V_s), teacher_logits (N, V_t), W,
 logits, a `BatchAlignment`, CE, several teachers, position modes, dynamic scaling and learned W.
 """
 
-from .distill_loss import DistillLoss, LearnedW, Teacher, host_stats
+from .distill_loss import DistillLoss, LearnedW, TeacherTerm, host_stats
 from .functional import gold_loss, hkl_loss, kl_loss, pkl_loss, sorted_l1, trl_gold_loss, uld_loss
 from .names import LOSS_KINDS, POSITION_MODES
 from .positions import AlignedRows, aligned_rows
 from .sparse_w import CommonSet, SparseW, as_sparse_w, identity_w
 from .teacher_dist import TeacherDistribution, TeacherRows
 
-__all__ = ["pkl_loss", "hkl_loss", "gold_loss", "trl_gold_loss", "uld_loss", "kl_loss", "sorted_l1", "DistillLoss", "Teacher",
+__all__ = ["pkl_loss", "hkl_loss", "gold_loss", "trl_gold_loss", "uld_loss", "kl_loss", "sorted_l1", "DistillLoss", "TeacherTerm",
            "LearnedW", "LOSS_KINDS", "POSITION_MODES", "AlignedRows", "aligned_rows", "CommonSet", "SparseW",
            "as_sparse_w", "identity_w", "TeacherDistribution", "TeacherRows", "host_stats"]

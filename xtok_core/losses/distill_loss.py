@@ -30,8 +30,8 @@ LR_W = 1e-2  # X-Token paper: learning rate of the learned W values
 
 
 @dataclass
-class Teacher:
-    """One teacher of a `DistillLoss`.
+class TeacherTerm:
+    """One teacher's KD term of a `DistillLoss` (how that teacher enters the loss; the model is elsewhere).
 
     W: its projection (`Projection`, torch sparse (V_s, V_t)), or None for a teacher with the student's
        own tokenizer (direct KL at every student position, no alignment).
@@ -83,7 +83,7 @@ class DistillLoss(nn.Module):
     """Cross-tokenizer KD loss with CE, several teachers, position modes and dynamic KD/CE scaling.
 
     Args:
-        teachers: a `Teacher`, a list of them, or a bare W (one P-KL teacher).
+        teachers: a `TeacherTerm`, a list of them, or a bare W (one P-KL teacher).
         temperature: τ on both sides; KD terms are multiplied by τ².
         kd_weight: None for dynamic scaling λ = sg(CE)/sg(KD); a float for a fixed weight.
         position: "boundary" (default), "chunk_mean" or "chain" (see `xtok_core.losses.positions`).
@@ -108,12 +108,12 @@ class DistillLoss(nn.Module):
                  position: str = "boundary", ce_weight: float = 1.0, chunk_size: int | None = None,
                  uncommon_topk: int = UNCOMMON_TOPK, hkl_threshold: float = HKL_THRESHOLD):
         super().__init__()
-        if isinstance(teachers, Teacher):
+        if isinstance(teachers, TeacherTerm):
             teachers = [teachers]
         elif not isinstance(teachers, (list, tuple)):
-            teachers = [Teacher(W=teachers)]
+            teachers = [TeacherTerm(W=teachers)]
         if not teachers:
-            raise XtokError("DistillLoss needs at least one teacher; pass Teacher(W=...) for each")
+            raise XtokError("DistillLoss needs at least one teacher; pass TeacherTerm(W=...) for each")
         if position not in POSITION_MODES:
             raise XtokError(f"unknown position mode {position!r}; use one of {', '.join(POSITION_MODES)}")
         self.teachers = [replace(t, name=t.name or f"teacher{m}") for m, t in enumerate(teachers)]
@@ -149,7 +149,7 @@ class DistillLoss(nn.Module):
             logits = logits.float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
 
-    def teacher_rows(self, teacher: Teacher, rows) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def teacher_rows(self, teacher: TeacherTerm, rows) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-pair KD of one teacher `(N,)` (no τ²) and its unreachable mass `(N,)` for P-KL."""
         kw = dict(temperature=rows.temperature, chunk_size=self.chunk_size,
                   student_log_offset=rows.student_offset, teacher_log_offset=rows.teacher_offset)

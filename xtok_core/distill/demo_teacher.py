@@ -45,7 +45,7 @@ def teacher_dir(cfg: DistillConfig) -> Path:
     return Path(cfg.runs_dir) / "teachers" / f"{tok.name}-{config_hash(key)}"
 
 
-def train_teacher(tokenizer: str, *, steps: int = 300, dim: int = TEACHER_DIM, layers: int = TEACHER_LAYERS,
+def train_demo_teacher(tokenizer: str, *, steps: int = 300, dim: int = TEACHER_DIM, layers: int = TEACHER_LAYERS,
                   seed: int = 0, runs_dir: str = "runs", device: str = "auto", progress: bool = True,
                   log=print, **overrides) -> Path:
     """Path of a trained demo teacher for `tokenizer` (a bundled name): from the cache, or trained now."""

@@ -731,3 +731,36 @@ def test_learned_w_gradient_with_a_small_k_teacher_equals_naive():
         grads.append(torch.autograd.grad(rows.mean(), [zs, values]))
     for a, b in zip(*grads):
         assert float((a - b).abs().max()) < f32_tol(V_T * 4)  # fp32 sums over V_T teacher and 4 tail terms
+
+
+def test_the_columns_of_w_in_both_layouts_are_ws_own_columns(projection):
+    W = projection("gpt2", "qwen2.5")
+    sw = as_sparse_w(W)
+    cols = torch.unique(torch.randint(0, W.shape[1], (300,), generator=torch.Generator().manual_seed(41)))
+    want = W.matrix[:, cols.numpy()].toarray()  # scipy: W's own columns
+    for layout in (torch.sparse_coo, torch.sparse_csr):
+        w, w_t = sw.columns(cols, dtype=torch.float64, layout=layout)
+        assert w.layout == w_t.layout == layout and w.shape == (W.shape[0], len(cols))
+        assert np.array_equal(w.to_dense().numpy(), want.astype(np.float64))
+        assert np.array_equal(w_t.to_dense().numpy(), want.T.astype(np.float64))
+    rowsum = sw.row_sums(dtype=torch.float64)
+    assert torch.allclose(rowsum, torch.ones_like(rowsum), rtol=0, atol=W.shape[1] * 1.2e-7)  # rows of W sum to 1
+
+
+def test_pkl_on_the_kept_columns_alone_equals_the_dense_path_on_the_real_teacher(smollm2_rows, projection):
+    """The top-K P-KL kernel works on the union of kept ids; the naive path on every teacher column."""
+    smol, zt = smollm2_rows
+    W = projection("gpt2", smol.tok, teacher_vocab_size=zt.shape[-1])
+    g = torch.Generator().manual_seed(42)
+    zs = (torch.randn(len(zt), W.shape[0], generator=g, dtype=torch.float64) * 2).requires_grad_()
+    off = (-torch.rand(len(zt), generator=g, dtype=torch.float64)).requires_grad_()
+    w = torch.rand(len(zt), generator=g, dtype=torch.float64)
+    for k in (16, 256):
+        td = topk_teacher(zt, k)
+        fast = rows_of("pkl", zs, td, W, chunk_size=7, student_log_offset=off)
+        ref = rows_of("pkl", zs, td, W, naive=True, student_log_offset=off)
+        # fp64 sums over V_t columns: rounding ~ V_t · 2.2e-16 relative to the row's size
+        tol = zt.shape[-1] * 2.3e-16 * 8
+        assert torch.allclose(fast, ref, rtol=tol, atol=tol), float((fast - ref).abs().max())
+        for a, b in zip(torch.autograd.grad(fast @ w, (zs, off)), torch.autograd.grad(ref @ w, (zs, off))):
+            assert torch.allclose(a, b, rtol=tol, atol=tol), float((a - b).abs().max())

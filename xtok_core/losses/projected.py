@@ -63,6 +63,8 @@ class PKLKernel:
         return self._mats[key]
 
     def value_and_grad(self, x, s_off, tr: TeacherRows, values, scale, need):
+        if tr.ids is not None and not need[2]:
+            return self._topk_value_and_grad(x, s_off, tr, values, scale, need)
         cd, tau = compute_dtype(x), self.temperature
         xs = _scaled(x, tau, cd)
         sm = xs.sub_(torch.logsumexp(xs, -1, keepdim=True)).exp_()
@@ -96,6 +98,43 @@ class PKLKernel:
         # softmax backward: p ⊙ ∂p − softmax · Σ p ⊙ ∂p, then the 1/τ of x/τ
         gx = pg.addcmul_(sm, pgp[:, None], value=-1.0).div_(tau) if need[0] else None
         return loss, lost, gx, (pgp if need[1] else None), gw
+
+    def _topk_value_and_grad(self, x, s_off, tr: TeacherRows, values, scale, need):
+        """The same P-KL for a top-K teacher on the union U of the chunk's kept ids alone (a few thousand
+        teacher columns instead of V_t): q on U through W[:, U]; the bucket's d from Σ_t q_t = Σ_s p_s·rowsum_s,
+        d = Σ_s p_s·rowsum_s − Σ_kept q + (V_t − K)·ε; and since ∂loss/∂q is the row constant −r/d off the
+        kept ids, ∂loss/∂p = W[:, U] (g_kept + r/d) − (r/d)·rowsum. (A learned W's own gradient takes the
+        dense path.)"""
+        cd, tau = compute_dtype(x), self.temperature
+        xs = _scaled(x, tau, cd)
+        sm = xs.sub_(torch.logsumexp(xs, -1, keepdim=True)).exp_()
+        p = sm if s_off is None else sm * s_off.to(cd).exp()[:, None]
+        cols, inv = torch.unique(tr.ids, return_inverse=True)  # sorted union of the kept ids; ids → its index
+        wu, wu_t = self.sw.columns(cols, values, cd)
+        q_u = torch.mm(p, wu) if wu.layout == torch.sparse_coo else _project(wu_t, p)  # (c, |U|)
+        qk = q_u.gather(1, inv)  # (c, K): q on each row's kept ids
+        rowsum = self.sw.row_sums(values, cd)
+        lk = tr.topk_logp.to(cd)
+        pk = lk.exp()
+        lost = (pk * (~self.sw.reachable[tr.ids]).to(cd)).sum(-1)
+        qk_eps = qk + EPS
+        loss = torch.where(pk > 0, pk * (lk - qk_eps.log()), 0.0).sum(-1)
+        r = tr.tail()
+        has = r > 0
+        n_rest = self.sw.shape[1] - tr.ids.shape[1]
+        d = torch.where(has, (p @ rowsum - qk.sum(-1)).clamp_min(0.0) + n_rest * EPS, 1.0)
+        loss = loss + torch.where(has, r * (torch.where(has, tr.log_tail, 0.0) - d.log()), 0.0)
+        if scale is None:
+            return loss, lost, None, None, None
+        c_row = torch.where(has, scale * r / d, 0.0)  # −∂loss/∂q on every id not kept
+        gk = -(pk / qk_eps) * scale[:, None] + c_row[:, None]
+        g_u = torch.zeros(len(x), len(cols), dtype=cd, device=x.device).scatter_(1, inv, gk)
+        # ∂loss/∂p = W[:, U] g_u − c·rowsum, (c, V_s)
+        dp = torch.mm(g_u, wu_t) if wu_t.layout == torch.sparse_coo else (wu @ g_u.T.contiguous()).T
+        pg = dp.sub_(c_row[:, None] * rowsum[None, :]).mul_(p)  # p ⊙ ∂loss/∂p
+        pgp = pg.sum(-1)
+        gx = pg.addcmul_(sm, pgp[:, None], value=-1.0).div_(tau) if need[0] else None
+        return loss, lost, gx, (pgp if need[1] else None), None
 
     def reference(self, x, s_off, tr: TeacherRows, values):
         """All rows at once under autograd (W sparse COO, so autograd reaches learned values)."""

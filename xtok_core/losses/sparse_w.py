@@ -80,6 +80,37 @@ class SparseW:
         v = (self.values if values is None else values)[self.t_perm].to(dtype)
         return torch.sparse_csr_tensor(self.t_crow, self.t_col, v, self.shape[::-1], check_invariants=False)
 
+    def columns(self, cols: torch.Tensor, values: torch.Tensor | None = None, dtype=torch.float32,
+                layout: torch.layout | None = None):
+        """W restricted to teacher columns `cols` (sorted, distinct), gathered from the CSR of W^T without
+        touching the other columns: `(W[:, cols] (V_s, len(cols)), W[:, cols]^T (len(cols), V_s))` as sparse
+        COO on the CPU (dense @ sparse COO is the fastest product there, no transposes of the V_s-wide
+        operand) and sparse CSR elsewhere (used as CSR @ dense, as W itself is); `layout` forces one."""
+        start = self.t_crow[cols]
+        lens = self.t_crow[cols + 1] - start
+        crow = torch.zeros(len(cols) + 1, dtype=self.t_crow.dtype, device=cols.device)
+        torch.cumsum(lens, 0, out=crow[1:])
+        n = int(crow[-1])
+        pos = torch.repeat_interleave(start - crow[:-1], lens, output_size=n) + torch.arange(n, device=cols.device)
+        rows, v = self.t_col[pos], (self.values if values is None else values)[self.t_perm[pos]].to(dtype)
+        which = torch.repeat_interleave(torch.arange(len(cols), device=cols.device), lens, output_size=n)
+        v_s, u = self.shape[0], len(cols)
+        if (layout or (torch.sparse_coo if cols.device.type == "cpu" else torch.sparse_csr)) == torch.sparse_coo:
+            w_t = torch.sparse_coo_tensor(torch.stack([which, rows]), v, (u, v_s), is_coalesced=True)
+            w = torch.sparse_coo_tensor(torch.stack([rows, which]), v, (v_s, u)).coalesce()
+            return w, w_t
+        w_t = torch.sparse_csr_tensor(crow, rows, v, (u, v_s), check_invariants=False)
+        order = torch.argsort(rows, stable=True)  # by student row; columns stay sorted within a row
+        s_crow = torch.zeros(v_s + 1, dtype=self.crow.dtype, device=cols.device)
+        torch.cumsum(torch.bincount(rows, minlength=v_s), 0, out=s_crow[1:])
+        w = torch.sparse_csr_tensor(s_crow, which[order], v[order], (v_s, u), check_invariants=False)
+        return w, w_t
+
+    def row_sums(self, values: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
+        """Σ_t W[s, t] for every student row `(V_s,)` (1 for a `Projection`; a learned W's own sums)."""
+        v = (self.values if values is None else values).to(dtype)
+        return torch.zeros(self.shape[0], dtype=dtype, device=v.device).index_add_(0, self.row_of, v)
+
     def check_vocab(self, v_s: int, v_t: int, what: str = "logits") -> None:
         if (v_s, v_t) != self.shape:
             raise XtokError(

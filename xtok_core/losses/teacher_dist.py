@@ -22,27 +22,46 @@ import torch
 from ..errors import XtokError
 
 
-@dataclass
 class TeacherRows:
     """One chunk of teacher rows as a loss kernel reads it.
 
     logp: `(c, V_t)` log-probabilities (plus the row's log offset), −inf on ids not kept.
     kept: `(c, V_t)` bool, the ids stored (None: every id, the full distribution).
     log_tail: `(c,)` log of the mass outside the kept ids, −inf where none (None: full distribution).
+    ids, topk_logp: top-K only, `(c, K)` the kept ids and their log-probabilities (plus the offset). For a
+    top-K teacher `logp` and `kept` are built from them on first use, so a kernel that works on the kept ids
+    alone (P-KL's) never pays for the `(c, V_t)` tensors.
     """
 
-    logp: torch.Tensor
-    kept: torch.Tensor | None = None
-    log_tail: torch.Tensor | None = None
+    def __init__(self, logp: torch.Tensor | None = None, kept: torch.Tensor | None = None,
+                 log_tail: torch.Tensor | None = None, ids: torch.Tensor | None = None,
+                 topk_logp: torch.Tensor | None = None, vocab_size: int | None = None):
+        self._logp, self._kept, self.log_tail = logp, kept, log_tail
+        self.ids, self.topk_logp, self.vocab_size = ids, topk_logp, vocab_size
+
+    @property
+    def logp(self) -> torch.Tensor:
+        if self._logp is None:  # top-K: a fresh tensor, which the kernel may work on in place
+            lp = torch.full((self.ids.shape[0], self.vocab_size), -torch.inf, dtype=self.topk_logp.dtype,
+                            device=self.ids.device)
+            self._logp = lp.scatter_(1, self.ids, self.topk_logp)
+        return self._logp
+
+    @property
+    def kept(self) -> torch.Tensor | None:
+        if self._kept is None and self.ids is not None:
+            self._kept = torch.zeros((self.ids.shape[0], self.vocab_size), dtype=torch.bool,
+                                     device=self.ids.device).scatter_(1, self.ids, True)
+        return self._kept
 
     @property
     def has_tail(self) -> bool:
-        return self.kept is not None
+        return self.ids is not None or self._kept is not None
 
     def tail(self) -> torch.Tensor:
         """Tail mass r `(c,)` (zeros for a full distribution)."""
         if self.log_tail is None:
-            return self.logp.new_zeros(self.logp.shape[0])
+            return self._logp.new_zeros(self._logp.shape[0])
         return self.log_tail.exp()
 
 
@@ -159,15 +178,13 @@ class TeacherDistribution:
         self.check_temperature(temperature)
         ids, stored = self.ids[i:j], self.log_probs[i:j]
         cd = dtype or _compute_dtype(stored)
-        lp = torch.full((ids.shape[0], self.vocab_size), -torch.inf, dtype=cd, device=ids.device)
-        lp.scatter_(1, ids, stored.to(cd))
-        kept = torch.zeros(lp.shape, dtype=torch.bool, device=ids.device).scatter_(1, ids, True)
         tail = self.log_tail[i:j].to(cd)
+        topk = stored.to(cd, copy=True)
         if off is not None:
             o = off.to(cd)
-            lp.add_(o[:, None])
             tail = tail + o
-        return TeacherRows(lp, kept, tail)
+            topk.add_(o[:, None])
+        return TeacherRows(None, None, tail, ids, topk, self.vocab_size)
 
     def token_log_probs(self, pb: torch.Tensor, pp: torch.Tensor, tok: torch.Tensor, temperature: float) -> torch.Tensor:
         """log p(tok) at positions (pb, pp) of a `(B, T, …)` distribution, where tok is the actual next token."""

@@ -33,7 +33,8 @@ from _measure import machine, table  # noqa: E402
 
 from xtok_core.align import align_batch  # noqa: E402
 from xtok_core.distill import DistillConfig, run_distillation  # noqa: E402
-from xtok_core.distill import loop, objective  # noqa: E402
+from xtok_core.distill import loop  # noqa: E402
+from xtok_core.distill.objective import build_objective, run_projection  # noqa: E402
 from xtok_core.integrations.collator import shares_tokenizer  # noqa: E402
 from xtok_core.distill.data import TextBatches  # noqa: E402
 from xtok_core.distill.models import build_tiny  # noqa: E402
@@ -52,8 +53,8 @@ def loss_case(cfg: DistillConfig, texts: list[str]):
     student = build_tiny(cfg.student, dim=cfg.tiny_dim, layers=cfg.tiny_layers)
     teacher = build_tiny(cfg.teachers[0], dim=cfg.tiny_dim, layers=cfg.tiny_layers, seed=1)
     same = shares_tokenizer(student, teacher)
-    prep = loop.Prepared(student, [teacher], cfg.loss, [None if same else objective.run_projection(student, teacher, None)])
-    objective = objective.build_objective(cfg, prep)
+    prep = loop.Prepared(student, [teacher], cfg.loss, [None if same else run_projection(student, teacher, None)])
+    objective = build_objective(cfg, prep)
     batch = CrossTokenizerCollator(student, [teacher], max_length=cfg.seq_len).encode(texts)  # the loop's batching
     (view,) = CrossTokenizerCollator.alignments(batch)
     ids, mask = batch["input_ids"], batch["attention_mask"].bool()
